@@ -1,0 +1,195 @@
+"""The CLIP service: one open_clip model per process, loaded lazily, that
+embeds images and text queries into one L2-normalised vector space.
+
+torch and open_clip are imported only when the first embedding is asked for,
+so management commands and web requests that never embed stay fast.
+"""
+
+from __future__ import annotations
+
+import logging
+import threading
+from collections.abc import Sequence
+from dataclasses import dataclass
+from pathlib import Path
+from typing import TYPE_CHECKING
+
+import numpy as np
+
+if TYPE_CHECKING:
+    from PIL.Image import Image as PILImage
+
+logger = logging.getLogger(__name__)
+
+RANDOM_INIT_SEED = 0
+
+
+class EmbedderUnavailable(RuntimeError):
+    """The model could not be loaded; the message is one line saying what to set."""
+
+
+@dataclass(frozen=True)
+class EmbedderConfig:
+    model: str
+    pretrained: str | None
+    weights_file: Path | None
+    device: str
+    batch_size: int
+    random_init: bool = False
+
+    @classmethod
+    def from_settings(cls) -> "EmbedderConfig":
+        from django.conf import settings
+
+        return cls(model=settings.CLIP_MODEL, pretrained=settings.CLIP_PRETRAINED,
+                   weights_file=settings.CLIP_WEIGHTS_FILE, device=settings.CLIP_DEVICE,
+                   batch_size=settings.CLIP_BATCH_SIZE, random_init=settings.CLIP_RANDOM_INIT)
+
+    @property
+    def space_name(self) -> str:
+        """Identity of the vectors this configuration produces (model + weights)."""
+        if self.random_init:
+            weights = "random-init"
+        elif self.weights_file is not None:
+            weights = f"file:{self.weights_file.name}"
+        else:
+            weights = self.pretrained or "untrained"
+        return f"{self.model}/{weights}"
+
+
+class ClipEmbedder:
+    def __init__(self, config: EmbedderConfig):
+        self.config = config
+        self._lock = threading.Lock()
+        self._loaded = False
+
+    # -- loading -------------------------------------------------------------
+    def load(self) -> "ClipEmbedder":
+        with self._lock:
+            if not self._loaded:
+                self._load()
+                self._loaded = True
+        return self
+
+    def _load(self) -> None:
+        from imagesearch.torch_compat import import_torchvision
+
+        import_torchvision()
+        import open_clip
+        import torch
+
+        config = self.config
+        if config.model not in open_clip.list_models():
+            raise EmbedderUnavailable(
+                f"CLIP_MODEL={config.model!r} is not an open_clip architecture "
+                f"(see open_clip.list_models()).")
+        device = config.device
+        if device == "auto":
+            device = "cuda" if torch.cuda.is_available() else "cpu"
+        elif device == "cuda" and not torch.cuda.is_available():
+            raise EmbedderUnavailable("CLIP_DEVICE=cuda but torch sees no CUDA device; set CLIP_DEVICE=cpu.")
+
+        if config.random_init:
+            logger.warning("CLIP_RANDOM_INIT is on: %s uses RANDOM weights. Search results are "
+                           "meaningless. This mode exists for tests only.", config.model)
+            torch.manual_seed(RANDOM_INIT_SEED)  # same random weights in every process
+            pretrained = None
+        elif config.weights_file is not None:
+            if not config.weights_file.is_file():
+                raise EmbedderUnavailable(f"CLIP_WEIGHTS_FILE={config.weights_file} does not exist.")
+            pretrained = str(config.weights_file)
+        else:
+            if not config.pretrained:
+                raise EmbedderUnavailable(
+                    "No CLIP weights configured: set CLIP_PRETRAINED to an open_clip pretrained tag "
+                    "or CLIP_WEIGHTS_FILE to a local weights file.")
+            if config.pretrained not in open_clip.list_pretrained_tags_by_model(config.model):
+                raise EmbedderUnavailable(
+                    f"CLIP_PRETRAINED={config.pretrained!r} is not a pretrained tag of {config.model} "
+                    f"(known: {', '.join(open_clip.list_pretrained_tags_by_model(config.model)) or 'none'}).")
+            pretrained = config.pretrained
+
+        try:
+            model, _, preprocess = open_clip.create_model_and_transforms(
+                config.model, pretrained=pretrained, device=device)
+            tokenizer = open_clip.get_tokenizer(config.model)
+        except Exception as error:  # network, hub, file format: all end in one actionable line
+            reason = str(error).strip().splitlines()[0][:300] if str(error).strip() else type(error).__name__
+            raise EmbedderUnavailable(
+                f"Could not load CLIP weights for {config.model} ({pretrained}): "
+                f"{reason}. Allow the one-time download from Hugging Face, or set CLIP_WEIGHTS_FILE to a "
+                f"local open_clip weights file (and HF_HUB_OFFLINE=1 with a pre-filled Hugging Face cache "
+                f"for models with a Hugging Face text tower).") from error
+
+        model.eval()
+        self._torch = torch
+        self._model = model
+        self._preprocess = preprocess
+        self._tokenizer = tokenizer
+        self._device = device
+        self.dimensions = int(model.text_projection.shape[1] if hasattr(model, "text_projection")
+                              and model.text_projection is not None else self._probe_dimensions())
+        image_size = model.visual.image_size
+        self.input_size = int(image_size[0] if isinstance(image_size, (tuple, list)) else image_size)
+        logger.info("CLIP model %s loaded on %s (%d-d)", self.config.space_name, device, self.dimensions)
+
+    def _probe_dimensions(self) -> int:
+        with self._torch.inference_mode():
+            return int(self._model.encode_text(self._tokenizer(["x"]).to(self._device)).shape[-1])
+
+    # -- embedding -----------------------------------------------------------
+    @property
+    def space_name(self) -> str:
+        return self.config.space_name
+
+    def prepare_image(self, image: "PILImage"):
+        """Turn one RGB PIL image into the model's input tensor. Thread-safe; run it
+        in decode workers so preprocessing overlaps with embedding."""
+        self.load()
+        return self._preprocess(image)
+
+    def embed_prepared(self, tensors: Sequence) -> np.ndarray:
+        """Embed already-prepared image tensors, in batches of CLIP_BATCH_SIZE."""
+        self.load()
+        torch = self._torch
+        out = []
+        for start in range(0, len(tensors), self.config.batch_size):
+            batch = torch.stack(list(tensors[start:start + self.config.batch_size])).to(self._device)
+            with torch.inference_mode():
+                out.append(self._normalised(self._model.encode_image(batch)))
+        return np.concatenate(out) if out else np.zeros((0, self.dimensions), dtype=np.float32)
+
+    def embed_images(self, images: Sequence["PILImage"]) -> np.ndarray:
+        return self.embed_prepared([self.prepare_image(image) for image in images])
+
+    def embed_texts(self, texts: Sequence[str]) -> np.ndarray:
+        self.load()
+        torch = self._torch
+        out = []
+        for start in range(0, len(texts), self.config.batch_size):
+            tokens = self._tokenizer(list(texts[start:start + self.config.batch_size])).to(self._device)
+            with torch.inference_mode():
+                out.append(self._normalised(self._model.encode_text(tokens)))
+        return np.concatenate(out) if out else np.zeros((0, self.dimensions), dtype=np.float32)
+
+    def embed_text(self, text: str) -> np.ndarray:
+        return self.embed_texts([text])[0]
+
+    def _normalised(self, features) -> np.ndarray:
+        features = features.float()
+        features = features / features.norm(dim=-1, keepdim=True).clamp_min(1e-12)
+        return features.cpu().numpy().astype(np.float32)
+
+
+_embedder: ClipEmbedder | None = None
+_embedder_lock = threading.Lock()
+
+
+def get_embedder() -> ClipEmbedder:
+    """The process-wide embedder for the configured model (loaded on first use)."""
+    global _embedder
+    config = EmbedderConfig.from_settings()
+    with _embedder_lock:
+        if _embedder is None or _embedder.config != config:
+            _embedder = ClipEmbedder(config)
+        return _embedder.load()

@@ -1,0 +1,25 @@
+from pathlib import Path
+
+from django.db.backends.postgresql import base
+
+from .server import ensure_running
+
+
+class DatabaseWrapper(base.DatabaseWrapper):
+    """PostgreSQL backend whose server is the embedded one, started on first connect."""
+
+    def get_connection_params(self):
+        server = ensure_running(Path(self.settings_dict["OPTIONS"]["pgdata"]), self._server_database_name())
+        self.settings_dict.update(HOST=server.socket_dir, PORT=str(server.port), USER=server.user)
+        params = super().get_connection_params()
+        params.pop("pgdata", None)
+        return params
+
+    def _server_database_name(self) -> str:
+        # The test runner points NAME at the test database, which it creates itself.
+        return self.settings_dict["NAME"] if not self.settings_dict["NAME"].startswith("test_") else "postgres"
+
+    def _nodb_cursor(self):
+        # Creating/dropping the test database connects to "postgres"; the server must be up first.
+        ensure_running(Path(self.settings_dict["OPTIONS"]["pgdata"]), "postgres")
+        return super()._nodb_cursor()

@@ -1,0 +1,15 @@
+"""Test configuration: the project's settings module with test defaults in the
+environment. Tests use a small open_clip architecture with a bundled
+tokenizer and random weights (real code path, no download), and their own
+data folder so they never touch a user's collection."""
+
+import os
+from pathlib import Path
+
+os.environ.setdefault("CLIP_MODEL", "ViT-S-32")
+os.environ.setdefault("CLIP_RANDOM_INIT", "true")
+os.environ.setdefault("CLIP_BATCH_SIZE", "8")
+os.environ.setdefault("IMAGESEARCH_DATA_DIR", str(Path(__file__).resolve().parent.parent / "var" / "test"))
+os.environ.setdefault("IMAGESEARCH_LOG_LEVEL", "WARNING")
+
+from imagesearch.settings import *  # noqa: E402,F401,F403
