@@ -1,22 +1,30 @@
-"""The one search function behind the pages, the API and the admin."""
+"""The one search function behind the pages, the API and the admin.
+
+``images_search(params=...)`` turns a text query, a query image or a stored
+image ("more like this") into a vector, then asks ``vector_search.nearest``
+for the closest embedded images that pass the metadata filters, with the
+filters inside the same database query.
+"""
 
 from __future__ import annotations
 
 import time
 from dataclasses import dataclass, field
+from datetime import date, datetime, time as dtime, timedelta, timezone
 from typing import TYPE_CHECKING
 
-import numpy as np
-from django.db.models import Q
-from pgvector.django import CosineDistance
+from django.db.models import F, Q
 
 from catalog.embedder import get_embedder
 from catalog.models import Embedding, EmbeddingSpace, Image
+from catalog.vector_search import nearest
 
 if TYPE_CHECKING:
     from PIL.Image import Image as PILImage
 
 MAX_TOP_K = 100
+MAX_PAGE = 100
+ORIENTATIONS = ("landscape", "portrait", "square")
 
 
 class SearchError(ValueError):
@@ -25,37 +33,73 @@ class SearchError(ValueError):
 
 @dataclass(frozen=True)
 class ImageFilters:
-    """Metadata filters. They apply inside the vector query, never after it."""
+    """Metadata filters. In a search they apply inside the vector query, never after it."""
 
     cities: tuple[str, ...] = ()
     min_width: int | None = None
     max_width: int | None = None
     min_height: int | None = None
     max_height: int | None = None
+    taken_from: date | None = None   # inclusive
+    taken_to: date | None = None     # inclusive (the whole day)
+    orientation: str = ""            # "", landscape, portrait or square
+
+    def __post_init__(self):
+        if self.orientation and self.orientation not in ORIENTATIONS:
+            raise SearchError(f"orientation must be one of {', '.join(ORIENTATIONS)}.")
+        for low, high, label in ((self.min_width, self.max_width, "width"),
+                                 (self.min_height, self.max_height, "height"),
+                                 (self.taken_from, self.taken_to, "date")):
+            if low is not None and high is not None and low > high:
+                raise SearchError(f"The {label} range is empty: minimum is above maximum.")
 
     def as_q(self, prefix: str = "") -> Q:
-        q = Q()
+        def q(lookup: str, value) -> Q:
+            return Q(**{prefix + lookup: value})
+
+        result = Q()
         if self.cities:
-            q &= Q(**{f"{prefix}city__in": list(self.cities)})
-        for name, lookup, value in (("width", "gte", self.min_width), ("width", "lte", self.max_width),
-                                    ("height", "gte", self.min_height), ("height", "lte", self.max_height)):
+            result &= q("city__in", list(self.cities))
+        for lookup, value in (("width__gte", self.min_width), ("width__lte", self.max_width),
+                              ("height__gte", self.min_height), ("height__lte", self.max_height)):
             if value is not None:
-                q &= Q(**{f"{prefix}{name}__{lookup}": value})
-        return q
+                result &= q(lookup, value)
+        if self.taken_from is not None:
+            result &= q("taken_at__gte", datetime.combine(self.taken_from, dtime.min, tzinfo=timezone.utc))
+        if self.taken_to is not None:
+            day_after = datetime.combine(self.taken_to + timedelta(days=1), dtime.min, tzinfo=timezone.utc)
+            result &= q("taken_at__lt", day_after)
+        if self.orientation == "landscape":
+            result &= q("width__gt", F(prefix + "height"))
+        elif self.orientation == "portrait":
+            result &= q("width__lt", F(prefix + "height"))
+        elif self.orientation == "square":
+            result &= q("width", F(prefix + "height"))
+        return result
 
 
 @dataclass(frozen=True)
 class SearchParams:
     text: str = ""
     image: "PILImage | None" = None
+    similar_to: int | None = None        # id of a stored image: "more like this"
     filters: ImageFilters = field(default_factory=ImageFilters)
     top_k: int = 20
+    page: int = 1
+    min_score: float | None = None       # cosine similarity cut-off, -1..1
+    collapse_groups: bool = False        # at most one result per Image.group_key
 
     def __post_init__(self):
+        object.__setattr__(self, "text", self.text.strip())
+        given = sum((bool(self.text), self.image is not None, self.similar_to is not None))
+        if given != 1:
+            raise SearchError("Give exactly one of: a text query, a query image, or an image to find similar ones to.")
         if not (1 <= self.top_k <= MAX_TOP_K):
             raise SearchError(f"top_k must be between 1 and {MAX_TOP_K}.")
-        if bool(self.text.strip()) == (self.image is not None):
-            raise SearchError("Give either a text query or a query image.")
+        if not (1 <= self.page <= MAX_PAGE):
+            raise SearchError(f"page must be between 1 and {MAX_PAGE}.")
+        if self.min_score is not None and not (-1.0 <= self.min_score <= 1.0):
+            raise SearchError("min_score must be between -1 and 1.")
 
 
 @dataclass(frozen=True)
@@ -67,34 +111,61 @@ class SearchHit:
 @dataclass(frozen=True)
 class SearchResults:
     hits: list[SearchHit]
+    page: int
+    has_next: bool
     encode_ms: float
     database_ms: float
+
+
+class ImageNotEmbedded(SearchError):
+    pass
 
 
 def images_search(*, params: SearchParams) -> SearchResults:
     started = time.perf_counter()
     embedder = get_embedder()
-    if params.image is not None:
+    space = EmbeddingSpace.objects.filter(name=embedder.space_name).first()
+    image_filter = params.filters.as_q(prefix="image__")
+    if params.similar_to is not None:
+        vector = _stored_vector(space, params.similar_to)
+        image_filter &= ~Q(image_id=params.similar_to)
+    elif params.image is not None:
         vector = embedder.embed_images([params.image])[0]
     else:
-        vector = embedder.embed_text(params.text.strip())
+        vector = embedder.embed_text(params.text)
     encoded = time.perf_counter()
-    hits = nearest_images(space_name=embedder.space_name, vector=vector, filters=params.filters,
-                          top_k=params.top_k)
-    return SearchResults(hits=hits, encode_ms=(encoded - started) * 1000,
+
+    hits: list[SearchHit] = []
+    has_next = False
+    if space is not None:
+        offset = (params.page - 1) * params.top_k
+        neighbours = nearest(
+            space=space, vector=vector, image_filter=image_filter, offset=offset, limit=params.top_k + 1,
+            max_distance=None if params.min_score is None else 1.0 - params.min_score,
+            collapse_groups=params.collapse_groups)
+        has_next = len(neighbours) > params.top_k
+        neighbours = neighbours[:params.top_k]
+        images = Image.objects.in_bulk([n.image_id for n in neighbours])
+        hits = [SearchHit(image=images[n.image_id], score=1.0 - n.distance)
+                for n in neighbours if n.image_id in images]
+    return SearchResults(hits=hits, page=params.page, has_next=has_next,
+                         encode_ms=(encoded - started) * 1000,
                          database_ms=(time.perf_counter() - encoded) * 1000)
 
 
-def nearest_images(*, space_name: str, vector: np.ndarray, filters: ImageFilters, top_k: int) -> list[SearchHit]:
-    space = EmbeddingSpace.objects.filter(name=space_name).first()
-    if space is None:  # nothing embedded with this model yet
-        return []
-    rows = (
-        Embedding.objects.filter(space=space)
-        .filter(filters.as_q(prefix="image__"))
-        .annotate(distance=CosineDistance(space.typed_vector(), vector))
-        .order_by("distance")
-        .select_related("image")
-        [:top_k]
-    )
-    return [SearchHit(image=row.image, score=1.0 - float(row.distance)) for row in rows]
+def _stored_vector(space: EmbeddingSpace | None, image_id: int):
+    """The stored vector of an image in the current space: "more like this" never re-embeds."""
+    vector = None
+    if space is not None:
+        vector = Embedding.objects.filter(space=space, image_id=image_id).values_list("vector", flat=True).first()
+    if vector is None:
+        if not Image.objects.filter(pk=image_id).exists():
+            raise ImageNotEmbedded(f"Image {image_id} does not exist.")
+        raise ImageNotEmbedded(f"Image {image_id} has no embedding for the current model yet.")
+    return vector
+
+
+def similar_images(*, image_id: int, top_k: int = 12, filters: ImageFilters | None = None) -> list[SearchHit]:
+    """Nearest neighbours of a stored image (detail page, API ``similar``)."""
+    return images_search(params=SearchParams(similar_to=image_id, top_k=top_k,
+                                             filters=filters or ImageFilters())).hits

@@ -59,6 +59,9 @@ _USER_AGENT = "imagesearch-fetcher/1.0"
 # reach internal networks, or which wrap an embedded IPv4 address.
 _NAT64 = ipaddress.IPv6Network("64:ff9b::/96")
 _NAT64_LOCAL = ipaddress.IPv6Network("64:ff9b:1::/48")
+_SHARED = ipaddress.IPv4Network("100.64.0.0/10")
+# IANA special-purpose ranges not (fully) covered by ipaddress.is_global in 3.11.
+_SPECIAL_V4 = (ipaddress.IPv4Network("192.0.0.0/24"),)
 
 
 class FetchRejected(ValueError):
@@ -193,8 +196,11 @@ def _blocked_reason(ip: ipaddress.IPv4Address | ipaddress.IPv6Address) -> str | 
         return "link-local"
     if ip.is_multicast:
         return "multicast"
-    if isinstance(ip, ipaddress.IPv4Address) and ip in ipaddress.IPv4Network("100.64.0.0/10"):
-        return "shared address space"
+    if isinstance(ip, ipaddress.IPv4Address):
+        if ip in _SHARED:
+            return "shared/CGNAT"
+        if any(ip in net for net in _SPECIAL_V4):
+            return "special-purpose"
     if ip.is_private:
         return "private"
     if ip.is_reserved:
@@ -239,7 +245,9 @@ def _resolve(target: _Target, policy: FetchPolicy, resolver: Resolver) -> list[t
             continue
         reason = _blocked_reason(ip)
         if reason:
-            raise FetchRejected(f"refusing to fetch from {target.host!r}: it resolves to a {reason} address")
+            raise FetchRejected(
+                f"refusing to fetch from {target.host!r}: it resolves to a non-public address ({reason})"
+            )
     if not addresses:
         raise FetchRejected(f"could not resolve host {target.host!r}")
     return addresses

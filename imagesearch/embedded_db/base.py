@@ -16,8 +16,9 @@ class DatabaseWrapper(base.DatabaseWrapper):
         return params
 
     def _server_database_name(self) -> str:
-        # The test runner points NAME at the test database, which it creates itself.
-        return self.settings_dict["NAME"] if not self.settings_dict["NAME"].startswith("test_") else "postgres"
+        # NAME is None for maintenance connections, and the test runner creates its own database.
+        name = self.settings_dict["NAME"]
+        return "postgres" if not name or name.startswith("test_") else name
 
     def _nodb_cursor(self):
         # Creating/dropping the test database connects to "postgres"; the server must be up first.

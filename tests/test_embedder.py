@@ -1,0 +1,106 @@
+"""The CLIP service through real open_clip code (ViT-S-32, bundled tokenizer, random init)."""
+
+import numpy as np
+import pytest
+from PIL import Image as PILImage
+
+from catalog.embedder import ClipEmbedder, EmbedderConfig, EmbedderUnavailable, get_embedder
+
+
+def _pictures():
+    return [PILImage.new("RGB", (300, 200), color) for color in ((250, 10, 10), (10, 250, 10), (10, 10, 250))]
+
+
+def test_batch_and_single_embeddings_agree():
+    embedder = get_embedder()
+    pictures = _pictures()
+    batch = embedder.embed_images(pictures)
+    singles = np.stack([embedder.embed_images([p])[0] for p in pictures])
+    np.testing.assert_allclose(batch, singles, atol=1e-5)
+
+    texts = ["snow-covered peaks in the sun", "一只毛茸茸的小狗在草地上奔跑"]
+    np.testing.assert_allclose(embedder.embed_texts(texts), np.stack([embedder.embed_text(t) for t in texts]),
+                               atol=1e-5)
+
+
+def test_vectors_are_normalised_and_share_one_dimension():
+    embedder = get_embedder()
+    images = embedder.embed_images(_pictures())
+    texts = embedder.embed_texts(["a red square", "草地"])
+    assert images.shape == (3, embedder.dimensions)
+    assert texts.shape == (2, embedder.dimensions)
+    assert embedder.dimensions == 384  # ViT-S-32
+    np.testing.assert_allclose(np.linalg.norm(images, axis=1), 1.0, atol=1e-5)
+    np.testing.assert_allclose(np.linalg.norm(texts, axis=1), 1.0, atol=1e-5)
+    assert images.dtype == np.float32
+
+
+def test_random_init_is_the_same_in_every_process():
+    """Seeded, so a CLI import and a web search in another process share one space."""
+    config = EmbedderConfig.from_settings()
+    again = ClipEmbedder(config)
+    np.testing.assert_allclose(again.embed_text("same words"), get_embedder().embed_text("same words"), atol=1e-6)
+
+
+def test_space_name_identifies_model_and_weights(tmp_path):
+    base = dict(model="ViT-B-32", device="cpu", batch_size=8)
+    assert EmbedderConfig(pretrained="laion2b_s34b_b79k", weights_file=None, **base).space_name == \
+        "ViT-B-32/laion2b_s34b_b79k"
+    assert EmbedderConfig(pretrained="x", weights_file=tmp_path / "w.bin", **base).space_name == \
+        "ViT-B-32/file:w.bin"
+    assert EmbedderConfig(pretrained="x", weights_file=None, random_init=True, **base).space_name == \
+        "ViT-B-32/random-init"
+
+
+def test_missing_weights_file_is_one_clear_line(tmp_path):
+    config = EmbedderConfig(model="ViT-S-32", pretrained=None, weights_file=tmp_path / "nope.bin",
+                            device="cpu", batch_size=4)
+    with pytest.raises(EmbedderUnavailable) as error:
+        ClipEmbedder(config).load()
+    message = str(error.value)
+    assert "CLIP_WEIGHTS_FILE" in message and "does not exist" in message
+    assert "\n" not in message
+
+
+def test_unloadable_weights_never_fall_back_to_random(tmp_path):
+    broken = tmp_path / "broken.bin"
+    broken.write_bytes(b"these are not weights")
+    config = EmbedderConfig(model="ViT-S-32", pretrained=None, weights_file=broken, device="cpu", batch_size=4)
+    with pytest.raises(EmbedderUnavailable) as error:
+        ClipEmbedder(config).load()
+    message = str(error.value)
+    assert message.startswith("Could not load CLIP weights for ViT-S-32")
+    assert "CLIP_WEIGHTS_FILE" in message and "\n" not in message
+
+
+def test_no_weights_configured_says_what_to_set():
+    config = EmbedderConfig(model="ViT-S-32", pretrained="", weights_file=None, device="cpu", batch_size=4)
+    with pytest.raises(EmbedderUnavailable, match="set CLIP_PRETRAINED .* or CLIP_WEIGHTS_FILE"):
+        ClipEmbedder(config).load()
+
+
+def test_unknown_pretrained_tag_and_architecture_are_rejected():
+    with pytest.raises(EmbedderUnavailable, match="not a pretrained tag"):
+        ClipEmbedder(EmbedderConfig(model="ViT-S-32", pretrained="nonsense", weights_file=None, device="cpu",
+                                    batch_size=4)).load()
+    with pytest.raises(EmbedderUnavailable, match="not an open_clip architecture"):
+        ClipEmbedder(EmbedderConfig(model="ViT-Nope", pretrained="x", weights_file=None, device="cpu",
+                                    batch_size=4)).load()
+
+
+def test_download_failure_is_reported_not_hidden(monkeypatch):
+    """The default path (a pretrained tag) reports a failed download in one actionable line.
+    The download is stubbed to fail: tests never reach the network."""
+    import open_clip
+
+    def refuse(*args, **kwargs):
+        raise RuntimeError("Failed to download weights for tag 'laion2b_s34b_b79k'\nmore detail")
+
+    monkeypatch.setattr(open_clip, "create_model_and_transforms", refuse)
+    config = EmbedderConfig(model="ViT-B-32", pretrained="laion2b_s34b_b79k", weights_file=None, device="cpu",
+                            batch_size=4)
+    with pytest.raises(EmbedderUnavailable) as error:
+        ClipEmbedder(config).load()
+    message = str(error.value)
+    assert "Failed to download weights" in message and "CLIP_WEIGHTS_FILE" in message
+    assert "\n" not in message
