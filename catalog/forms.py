@@ -18,6 +18,13 @@ def city_choices() -> list[tuple[str, str]]:
     return [(city, city) for city in cities]
 
 
+class CitiesField(forms.MultipleChoiceField):
+    """Offers the known cities, but accepts any: the list is cached, and an unknown city just matches nothing."""
+
+    def valid_value(self, value) -> bool:
+        return True
+
+
 class SearchForm(forms.Form):
     q = forms.CharField(label="Describe the picture", required=False, max_length=500,
                         widget=forms.TextInput(attrs={"placeholder": "snow-covered peaks in the sun / 草地上的小狗",
@@ -25,7 +32,7 @@ class SearchForm(forms.Form):
     image = forms.FileField(label="…or search by an example picture", required=False,
                             widget=forms.ClearableFileInput(attrs={"accept": "image/*"}))
     similar_to = forms.IntegerField(required=False, min_value=1, widget=forms.HiddenInput)
-    cities = forms.MultipleChoiceField(label="City", required=False,
+    cities = CitiesField(label="City", required=False,
                                        widget=forms.SelectMultiple(attrs={"size": 4}))
     min_width = forms.IntegerField(label="Width from", required=False, min_value=1)
     max_width = forms.IntegerField(label="to", required=False, min_value=1)

@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import uuid
+
 from django.contrib.postgres.indexes import OpClass
 from django.core.validators import MaxValueValidator, MinValueValidator
 from django.db import connection, models, transaction
@@ -162,3 +164,151 @@ class Embedding(models.Model):
 
     def __str__(self) -> str:
         return f"{self.image_id} in {self.space_id}"
+
+
+# --- Import jobs ----------------------------------------------------------------------------------
+# An import job is the unit of truth for background ingestion: its items carry their own state, so
+# a worker that dies mid-job leaves a record of exactly what is left to do.
+
+
+class ImportJobQuerySet(models.QuerySet):
+    def unfinished(self):
+        return self.filter(state__in=[ImportJob.State.QUEUED, ImportJob.State.RUNNING])
+
+    def finished(self):
+        return self.filter(state__in=[ImportJob.State.DONE, ImportJob.State.FAILED])
+
+
+class ImportJob(models.Model):
+    class State(models.TextChoices):
+        QUEUED = "queued", "Queued"
+        RUNNING = "running", "Running"
+        DONE = "done", "Done"  # every item is added, a duplicate or failed
+        FAILED = "failed", "Failed"  # the job as a whole could not run (see ``error``)
+
+    class Via(models.TextChoices):
+        API = "api", "API"
+        PAGE = "page", "Import page"
+        ADMIN = "admin", "Admin"
+
+    id = models.UUIDField(primary_key=True, default=uuid.uuid4, editable=False)
+    state = models.CharField(max_length=16, choices=State.choices, default=State.QUEUED, db_index=True)
+    created_via = models.CharField(max_length=16, choices=Via.choices)
+    city = models.CharField(max_length=120, blank=True, help_text="Applied to every image of this import.")
+    group_key = models.CharField(max_length=120, blank=True, help_text="Applied to every image of this import.")
+    # Counts over the items (an expanded archive counts as its members); kept in step with the
+    # items' states in the same transactions, recounted from the items when the job finishes.
+    total = models.PositiveIntegerField(default=0)
+    added = models.PositiveIntegerField(default=0)
+    duplicates = models.PositiveIntegerField(default=0)
+    failed = models.PositiveIntegerField(default=0)
+    error = models.TextField(blank=True, help_text="Why the job as a whole failed.")
+    attempts = models.PositiveSmallIntegerField(default=0, help_text="Times a worker has claimed this job.")
+    # The worker holding the job renews its lease while it works; an expired lease means it died.
+    lease_owner = models.CharField(max_length=64, blank=True)
+    lease_expires_at = models.DateTimeField(null=True, blank=True)
+    created_at = models.DateTimeField(auto_now_add=True, db_index=True)
+    started_at = models.DateTimeField(null=True, blank=True)
+    finished_at = models.DateTimeField(null=True, blank=True)
+
+    objects = ImportJobQuerySet.as_manager()
+
+    class Meta:
+        ordering = ["-created_at"]
+        constraints = [
+            models.CheckConstraint(condition=~Q(state="failed") | ~Q(error=""), name="import_failure_has_reason"),
+        ]
+
+    def __str__(self) -> str:
+        return f"Import {self.pk}"
+
+    @property
+    def done(self) -> int:
+        """Items processed so far, whatever their outcome."""
+        return self.added + self.duplicates + self.failed
+
+    @property
+    def is_finished(self) -> bool:
+        return self.state in (self.State.DONE, self.State.FAILED)
+
+    @property
+    def percent(self) -> int:
+        if self.state == self.State.DONE:
+            return 100
+        return min(100, self.done * 100 // self.total) if self.total else 0
+
+    @property
+    def payload_folder(self) -> str:
+        return f"imports/{self.pk}"
+
+
+class ImportItemQuerySet(models.QuerySet):
+    def pending(self):
+        return self.filter(state=ImportItem.State.PENDING)
+
+    def countable(self):
+        """Items that count towards the job's totals (an expanded archive counts as its members)."""
+        return self.exclude(state=ImportItem.State.EXPANDED)
+
+    def errors(self):
+        return self.filter(state=ImportItem.State.FAILED).order_by("id")
+
+    def counts(self) -> dict[str, int]:
+        state = ImportItem.State
+        return self.countable().aggregate(
+            total=models.Count("id"),
+            added=models.Count("id", filter=Q(state=state.ADDED)),
+            duplicates=models.Count("id", filter=Q(state=state.DUPLICATE)),
+            failed=models.Count("id", filter=Q(state=state.FAILED)),
+        )
+
+
+class ImportItem(models.Model):
+    """One thing to import: an uploaded image, an uploaded archive, an archive member or a URL."""
+
+    class Kind(models.TextChoices):
+        UPLOAD = "upload", "Uploaded image"
+        ARCHIVE = "archive", "Uploaded archive"  # expanded into member items by the worker
+        MEMBER = "member", "Archive member"
+        URL = "url", "URL"
+
+    class State(models.TextChoices):
+        PENDING = "pending", "Pending"
+        EXPANDED = "expanded", "Expanded"  # an archive whose members are items now
+        ADDED = "added", "Added"
+        DUPLICATE = "duplicate", "Duplicate"
+        FAILED = "failed", "Failed"
+
+    job = models.ForeignKey(ImportJob, on_delete=models.CASCADE, related_name="items")
+    kind = models.CharField(max_length=16, choices=Kind.choices)
+    name = models.CharField(max_length=1024)
+    url = models.TextField(blank=True)
+    # Storage name of the uploaded bytes (uploads and archives), kept until the job is done.
+    payload = models.CharField(max_length=500, blank=True)
+    parent = models.ForeignKey("self", on_delete=models.CASCADE, null=True, blank=True, related_name="members")
+    member_index = models.PositiveIntegerField(null=True, blank=True, help_text="Position in the archive.")
+    state = models.CharField(max_length=16, choices=State.choices, default=State.PENDING)
+    error = models.TextField(blank=True)
+    image = models.ForeignKey(Image, on_delete=models.SET_NULL, null=True, blank=True, related_name="+")
+    updated_at = models.DateTimeField(auto_now=True)
+
+    objects = ImportItemQuerySet.as_manager()
+
+    class Meta:
+        ordering = ["id"]
+        indexes = [models.Index(fields=["job", "state"], name="import_item_job_state")]
+        constraints = [
+            models.CheckConstraint(condition=~Q(state="failed") | ~Q(error=""), name="import_item_failure_has_reason"),
+            models.UniqueConstraint(fields=["parent", "member_index"], name="one_item_per_archive_member"),
+        ]
+
+    def __str__(self) -> str:
+        return self.name
+
+    @property
+    def source_ref(self) -> str:
+        if self.kind == self.Kind.URL:
+            return self.url
+        if self.kind == self.Kind.MEMBER and self.parent_id:
+            return f"{self.parent.name}:{self.name}"
+        return self.name

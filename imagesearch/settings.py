@@ -44,6 +44,7 @@ INSTALLED_APPS = [
     "django.contrib.staticfiles",
     "rest_framework",
     "drf_spectacular",
+    "drf_spectacular_sidecar",
     "django_tasks",
     "django_tasks_db",
     "catalog",
@@ -127,6 +128,24 @@ if CLIP_RANDOM_INIT and CLIP_WEIGHTS_FILE:
 # --- Ingestion --------------------------------------------------------------
 IMAGE_MAX_PIXELS = env.int("IMAGESEARCH_MAX_PIXELS", 100_000_000, minimum=1)
 THUMBNAIL_MAX_SIDE = env.int("IMAGESEARCH_THUMBNAIL_SIZE", 320, minimum=16, maximum=2048)
+# Threads that read, decode and resize while the model embeds the previous batch.
+INGEST_DECODE_WORKERS = env.int("IMAGESEARCH_DECODE_WORKERS", 2, minimum=1, maximum=64)
+# Import jobs (uploads, URLs, archives) run in the background worker (manage.py db_worker).
+IMPORT_MAX_UPLOAD_BYTES = env.int("IMAGESEARCH_MAX_UPLOAD_BYTES", 2 * 1024**3, minimum=1)
+IMPORT_MAX_URLS = env.int("IMAGESEARCH_IMPORT_MAX_URLS", 1000, minimum=1)
+# A worker renews its claim on a job every third of this; a job whose worker died is
+# taken over by the next worker once the lease has run out.
+IMPORT_LEASE_SECONDS = env.int("IMAGESEARCH_IMPORT_LEASE_SECONDS", 60, minimum=2)
+IMPORT_MAX_ATTEMPTS = env.int("IMAGESEARCH_IMPORT_MAX_ATTEMPTS", 5, minimum=1)
+ARCHIVE_MAX_MEMBERS = env.int("IMAGESEARCH_ARCHIVE_MAX_MEMBERS", 10_000, minimum=1)
+ARCHIVE_MAX_TOTAL_BYTES = env.int("IMAGESEARCH_ARCHIVE_MAX_TOTAL_BYTES", 2 * 1024**3, minimum=1)
+ARCHIVE_MAX_MEMBER_BYTES = env.int("IMAGESEARCH_ARCHIVE_MAX_MEMBER_BYTES", 100 * 1024**2, minimum=1)
+# Remote URLs: hosts listed here skip the private-address (SSRF) check; for tests only.
+FETCH_ALLOWED_HOSTS = env.list("IMAGESEARCH_FETCH_ALLOWED_HOSTS", [])
+FETCH_TIMEOUT = env.float("IMAGESEARCH_FETCH_TIMEOUT", 10.0, minimum=0.1)
+FETCH_TOTAL_TIMEOUT = env.float("IMAGESEARCH_FETCH_TOTAL_TIMEOUT", 120.0, minimum=0.1)
+FETCH_MAX_BYTES = env.int("IMAGESEARCH_FETCH_MAX_BYTES", 50 * 1024**2, minimum=1)
+FETCH_MAX_REDIRECTS = env.int("IMAGESEARCH_FETCH_MAX_REDIRECTS", 5, minimum=0)
 
 # --- Background tasks -------------------------------------------------------
 TASKS = {
@@ -150,6 +169,9 @@ SPECTACULAR_SETTINGS = {
     "DESCRIPTION": "Search an image collection by text, by example image and by metadata.",
     "VERSION": "1.0.0",
     "SERVE_INCLUDE_SCHEMA": False,
+    "SWAGGER_UI_DIST": "SIDECAR",
+    "SWAGGER_UI_FAVICON_HREF": "SIDECAR",
+    "REDOC_DIST": "SIDECAR",
 }
 
 LANGUAGE_CODE = "en-us"

@@ -8,6 +8,12 @@ urlpatterns = [
     path("", include("catalog.urls")),
 ]
 
+
+
+def serve_media(request, path):
+    # MEDIA_ROOT is read per request (not bound at import) so it always follows the settings.
+    return serve(request, path, document_root=settings.MEDIA_ROOT)
+
+
 if settings.SERVE_MEDIA and settings.MEDIA_URL.startswith("/"):
-    urlpatterns += [re_path(rf"^{settings.MEDIA_URL.strip('/')}/(?P<path>.*)$", serve,
-                            {"document_root": settings.MEDIA_ROOT})]
+    urlpatterns += [re_path(rf"^{settings.MEDIA_URL.strip('/')}/(?P<path>.*)$", serve_media)]

@@ -5,6 +5,13 @@ from PIL import Image as PILImage
 
 
 @pytest.fixture(autouse=True)
+def fresh_cache():
+    from django.core.cache import cache
+
+    cache.clear()
+
+
+@pytest.fixture(autouse=True)
 def media_root(settings, tmp_path):
     """Every test writes its files under its own temporary folder."""
     settings.MEDIA_ROOT = tmp_path / "media"
@@ -25,3 +32,27 @@ def make_image_bytes(color=(200, 30, 30), size=(64, 48), fmt="JPEG", pattern: in
 @pytest.fixture
 def image_bytes():
     return make_image_bytes
+
+
+def ingest_pictures(pictures, **options):
+    """Run the real ingestion pipeline on ``[(name, bytes), ...]``; returns the Images in order."""
+    from catalog.ingest.pipeline import IngestItem, IngestOptions, ingest_items
+    from catalog.models import Image
+
+    report = ingest_items([IngestItem.from_bytes(name, data) for name, data in pictures],
+                          options=IngestOptions(source=Image.Source.UPLOAD, **options))
+    assert not report.failed, report.failed
+    images = Image.objects.in_bulk([o.image_id for o in report.outcomes])
+    return [images[o.image_id] for o in report.outcomes]
+
+
+def varied_picture(index: int, size=(64, 48)) -> bytes:
+    """Distinct, deterministic pictures: colour bands that differ per index."""
+    image = PILImage.new("RGB", size)
+    pixels = image.load()
+    for x in range(size[0]):
+        for y in range(size[1]):
+            pixels[x, y] = ((x * (index + 3)) % 256, (y * (index * 7 + 1)) % 256, (index * 37) % 256)
+    buffer = io.BytesIO()
+    image.save(buffer, format="PNG")
+    return buffer.getvalue()

@@ -11,5 +11,11 @@ os.environ.setdefault("CLIP_RANDOM_INIT", "true")
 os.environ.setdefault("CLIP_BATCH_SIZE", "8")
 os.environ.setdefault("IMAGESEARCH_DATA_DIR", str(Path(__file__).resolve().parent.parent / "var" / "test"))
 os.environ.setdefault("IMAGESEARCH_LOG_LEVEL", "WARNING")
+# Live-server threads must not keep connections open past the test database teardown.
+os.environ.setdefault("IMAGESEARCH_DB_CONN_MAX_AGE", "0")
 
 from imagesearch.settings import *  # noqa: E402,F401,F403
+
+# Static files straight from the app folders, without collectstatic.
+WHITENOISE_USE_FINDERS = True
+WHITENOISE_AUTOREFRESH = True

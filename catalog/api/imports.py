@@ -1,21 +1,190 @@
-"""Import jobs over the API. (Being written for the ingestion-at-scale issue.)"""
+"""Import jobs over the API: start one from URLs or uploaded files (images or zip/tar archives),
+then follow its progress. The work happens in the background worker."""
 
+from __future__ import annotations
+
+from django.shortcuts import get_object_or_404
+from django.urls import reverse
+from drf_spectacular.types import OpenApiTypes
+from drf_spectacular.utils import OpenApiExample, extend_schema, extend_schema_field
+from rest_framework import serializers, status
+from rest_framework.parsers import FormParser, JSONParser, MultiPartParser
+from rest_framework.request import Request
+from rest_framework.response import Response
 from rest_framework.views import APIView
+
+from catalog.ingest import jobs
+from catalog.models import ImportJob
+
+RECENT_JOBS = 50
+
+
+# --------------------------------------------------------------------------
+# input
+
+
+class ImportUrlField(serializers.CharField):
+    def __init__(self, **kwargs):
+        super().__init__(max_length=jobs.MAX_URL_LENGTH, **kwargs)
+
+    def to_internal_value(self, data):
+        try:
+            return jobs.validate_url(super().to_internal_value(data))
+        except jobs.ImportRequestError as error:
+            raise serializers.ValidationError(str(error)) from None
+
+
+@extend_schema_field(OpenApiTypes.BINARY)
+class UploadField(serializers.FileField):
+    def __init__(self, **kwargs):
+        # An empty file is not a request error: the job records it as a failed item.
+        super().__init__(allow_empty_file=True, use_url=False, **kwargs)
+
+    def to_internal_value(self, data):
+        try:
+            return jobs.validate_upload(super().to_internal_value(data))
+        except jobs.ImportRequestError as error:
+            raise serializers.ValidationError(str(error)) from None
+
+
+class ImportMetadataSerializer(serializers.Serializer):
+    city = serializers.CharField(max_length=120, required=False, allow_blank=True, default="",
+                                 help_text="City for every image of this import (else taken from GPS).")
+    group_key = serializers.CharField(max_length=120, required=False, allow_blank=True, default="",
+                                      help_text="Group key (e.g. a product id) for every image of this import.")
+
+
+class ImageUploadSerializer(ImportMetadataSerializer):
+    file = serializers.ListField(
+        child=UploadField(), min_length=1,
+        help_text="An image, or a zip / tar / tar.gz archive of images. Repeat the field for several files.")
+
+
+class ImportUrlsSerializer(ImportMetadataSerializer):
+    urls = serializers.ListField(child=ImportUrlField(), allow_empty=False, help_text="http(s) URLs of images.")
+
+    def validate_urls(self, urls):
+        try:
+            return jobs.validate_urls(urls)
+        except jobs.ImportRequestError as error:
+            raise serializers.ValidationError(str(error)) from None
+
+
+class ImportCreateSerializer(ImportUrlsSerializer):
+    """URLs (JSON or multipart) and/or files (multipart); at least one of them."""
+
+    urls = serializers.ListField(child=ImportUrlField(), required=False, allow_empty=True,
+                                 help_text="http(s) URLs of images.")
+    file = serializers.ListField(child=UploadField(), required=False, allow_empty=True,
+                                 help_text="Images or zip / tar / tar.gz archives. Repeat the field for several.")
+
+    def validate(self, attrs):
+        if not attrs.get("urls") and not attrs.get("file"):
+            raise serializers.ValidationError("Give at least one URL in \"urls\" or upload a \"file\".")
+        return attrs
+
+
+# --------------------------------------------------------------------------
+# output
+
+
+class ImportCountsSerializer(serializers.Serializer):
+    total = serializers.IntegerField(help_text="Items known so far (an archive counts as its members once "
+                                               "the worker has opened it).")
+    done = serializers.IntegerField(help_text="Items processed: added + duplicates + failed.")
+    added = serializers.IntegerField()
+    duplicates = serializers.IntegerField(help_text="Items whose bytes were stored already.")
+    failed = serializers.IntegerField()
+
+
+class ImportErrorSerializer(serializers.Serializer):
+    item = serializers.CharField(help_text="File name, archive member or URL file name.")
+    source = serializers.CharField(help_text="Where the item came from (URL, archive:member, upload name).")
+    message = serializers.CharField()
+
+
+class ImportJobSummarySerializer(serializers.Serializer):
+    id = serializers.UUIDField()
+    url = serializers.SerializerMethodField()
+    state = serializers.ChoiceField(choices=ImportJob.State.choices)
+    city = serializers.CharField()
+    group_key = serializers.CharField()
+    counts = serializers.SerializerMethodField()
+    percent = serializers.IntegerField()
+    error = serializers.CharField(help_text="Why the job as a whole failed (state \"failed\"); else empty.")
+    created_at = serializers.DateTimeField()
+    started_at = serializers.DateTimeField(allow_null=True)
+    finished_at = serializers.DateTimeField(allow_null=True)
+
+    @extend_schema_field(OpenApiTypes.URI)
+    def get_url(self, job: ImportJob) -> str:
+        path = reverse("catalog:api-import-detail", args=[job.pk])
+        request = self.context.get("request")
+        return request.build_absolute_uri(path) if request else path
+
+    @extend_schema_field(ImportCountsSerializer)
+    def get_counts(self, job: ImportJob) -> dict:
+        return {"total": job.total, "done": job.done, "added": job.added, "duplicates": job.duplicates,
+                "failed": job.failed}
+
+
+class ImportJobSerializer(ImportJobSummarySerializer):
+    errors = serializers.SerializerMethodField(
+        help_text=f"Per-item errors, oldest first (at most {jobs.MAX_ERRORS_SHOWN}; counts.failed is exact).")
+
+    @extend_schema_field(ImportErrorSerializer(many=True))
+    def get_errors(self, job: ImportJob) -> list[dict]:
+        return jobs.job_errors(job)
+
+
+UPLOAD_REQUEST_SCHEMA = {"multipart/form-data": ImageUploadSerializer}
+UPLOAD_RESPONSE_SCHEMA = ImportJobSerializer
+
+
+def _accepted(request: Request, job: ImportJob) -> Response:
+    data = ImportJobSerializer(job, context={"request": request}).data
+    return Response(data, status=status.HTTP_202_ACCEPTED, headers={"Location": data["url"]})
+
+
+# --------------------------------------------------------------------------
+# views
 
 
 class ImportCollectionView(APIView):
-    pass
+    parser_classes = [JSONParser, MultiPartParser, FormParser]
+
+    @extend_schema(summary="Recent import jobs, newest first", responses={200: ImportJobSummarySerializer(many=True)})
+    def get(self, request: Request) -> Response:
+        recent = ImportJob.objects.order_by("-created_at")[:RECENT_JOBS]
+        return Response(ImportJobSummarySerializer(recent, many=True, context={"request": request}).data)
+
+    @extend_schema(
+        summary="Start an import from URLs and/or uploaded files (runs in the background)",
+        request={"application/json": ImportUrlsSerializer, "multipart/form-data": ImportCreateSerializer},
+        responses={202: ImportJobSerializer},
+        examples=[OpenApiExample("URLs", request_only=True, media_type="application/json",
+                                 value={"urls": ["https://example.com/a.jpg"], "city": "Lisbon",
+                                        "group_key": "sku-42"})])
+    def post(self, request: Request) -> Response:
+        serializer = ImportCreateSerializer(data=request.data)
+        serializer.is_valid(raise_exception=True)
+        data = serializer.validated_data
+        job = jobs.create_job(files=data.get("file") or (), urls=data.get("urls") or (), city=data["city"],
+                              group_key=data["group_key"], via=ImportJob.Via.API)
+        return _accepted(request, job)
 
 
 class ImportDetailView(APIView):
-    pass
+    @extend_schema(summary="An import job: state, counts and per-item errors", responses={200: ImportJobSerializer})
+    def get(self, request: Request, pk) -> Response:
+        job = get_object_or_404(ImportJob, pk=pk)
+        return Response(ImportJobSerializer(job, context={"request": request}).data)
 
 
-# Used by catalog/api/images.py to document POST /api/images/ (keep these names):
-UPLOAD_REQUEST_SCHEMA = None   # request serializer (multipart) for a single image/archive upload
-UPLOAD_RESPONSE_SCHEMA = None  # response serializer: the created import job
-
-
-def image_upload_create(request):
+def image_upload_create(request: Request) -> Response:
     """POST /api/images/: one uploaded image (or archive) becomes an import job."""
-    raise NotImplementedError
+    serializer = ImageUploadSerializer(data=request.data)
+    serializer.is_valid(raise_exception=True)
+    data = serializer.validated_data
+    job = jobs.create_job(files=data["file"], city=data["city"], group_key=data["group_key"], via=ImportJob.Via.API)
+    return _accepted(request, job)

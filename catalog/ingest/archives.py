@@ -225,14 +225,12 @@ def _zip_precheck(src: BinaryIO, limits: ArchiveLimits) -> None:
         endrec = zipfile._EndRecData(src)  # private but stable since Python 2
         cd_size = endrec[zipfile._ECD_SIZE]
         declared_entries = endrec[zipfile._ECD_ENTRIES_TOTAL]
-    except AttributeError:
-        return
     except Exception:
-        return  # let ZipFile produce the proper "corrupt archive" error
+        # API missing or no end record: ZipFile below reports "corrupt archive"
+        # (and the member count is still checked after parsing).
+        return
     finally:
         src.seek(0)
-    if endrec is None:
-        return
     if declared_entries > limits.max_members:
         raise ArchiveRejected(f"too many members: {declared_entries} (limit {limits.max_members})")
     if cd_size > _ZIP_CD_BYTES_PER_MEMBER * limits.max_members + _CHUNK:

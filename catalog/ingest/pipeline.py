@@ -3,9 +3,15 @@
 For each item: hash the bytes (the same bytes are never stored twice), decode
 and validate, read metadata, make the thumbnail and the model input (in worker
 threads, overlapping with the embedding of the previous batch), embed in
-batches, then store files and rows. An item is either stored completely
-(file, thumbnail, row and vector, committed together) or not at all, so an
+batches (on a thread of its own, overlapping with storing the batch before),
+then store files and rows. An item is either stored completely (file,
+thumbnail, row and vector, committed together) or not at all, so an
 interrupted import is finished by running it again.
+
+Callers that keep their own per-item records (import jobs) pass ``key`` on
+each item and get it back on its outcome; the outcome of an added item is
+reported inside the transaction that stores it, so such records commit with
+the image or not at all.
 """
 
 from __future__ import annotations
@@ -33,6 +39,11 @@ EXTENSIONS = {"JPEG": "jpg", "PNG": "png", "WEBP": "webp", "GIF": "gif", "BMP": 
               "TIFF": "tif", "HEIF": "heic", "MPO": "jpg"}
 
 
+class ItemRejected(ValueError):
+    """Raised by an item's ``read`` when its bytes cannot be had (e.g. a refused URL);
+    ``str(exc)`` is the user-facing reason recorded on the failed outcome."""
+
+
 @dataclass(frozen=True)
 class IngestItem:
     """One candidate image. ``read`` is called lazily, in a worker thread."""
@@ -40,6 +51,7 @@ class IngestItem:
     name: str
     source_ref: str
     read: Callable[[], bytes]
+    key: object = None  # the caller's id for this item, echoed on its outcome
 
     @classmethod
     def from_bytes(cls, name: str, data: bytes, source_ref: str = "") -> "IngestItem":
@@ -62,6 +74,7 @@ class ItemOutcome:
     status: str
     image_id: int | None = None
     reason: str = ""
+    key: object = None
 
 
 @dataclass
@@ -87,6 +100,7 @@ class IngestReport:
 @dataclass
 class _Prepared:
     item: IngestItem
+    index: int  # position in the input, so the report keeps the input's order
     data: bytes = b""
     sha256: str = ""
     metadata: ImageMetadata | None = None
@@ -97,36 +111,51 @@ class _Prepared:
 
 def ingest_items(items: Iterable[IngestItem], *, options: IngestOptions,
                  on_outcome: Callable[[ItemOutcome], None] | None = None,
-                 embedder: ClipEmbedder | None = None, decode_workers: int = 2) -> IngestReport:
-    """Ingest ``items``; returns one outcome per item (also passed to ``on_outcome`` as it happens)."""
+                 embedder: ClipEmbedder | None = None, decode_workers: int | None = None) -> IngestReport:
+    """Ingest ``items``; returns one outcome per item (also passed to ``on_outcome`` as it happens).
+
+    For an added item ``on_outcome`` runs inside the transaction that stores it: if it raises,
+    the image is not stored and the exception propagates."""
     embedder = embedder or get_embedder()
     space = EmbeddingSpace.objects.ensure(name=embedder.space_name, dimensions=embedder.dimensions)
-    report = IngestReport()
+    outcomes: dict[int, ItemOutcome] = {}
 
-    def record(outcome: ItemOutcome) -> None:
-        report.outcomes.append(outcome)
-        if on_outcome is not None:
+    def record(prepared: _Prepared, outcome: ItemOutcome, *, reported: bool = False) -> None:
+        outcomes[prepared.index] = outcome
+        if on_outcome is not None and not reported:
             on_outcome(outcome)
 
+    def store_all(ready: list[_Prepared], vectors: Future) -> None:
+        for prepared, vector in zip(ready, vectors.result()):
+            outcome = _store(prepared, vector, space, options, on_outcome)
+            # An added item's outcome was reported inside its transaction.
+            record(prepared, outcome, reported=outcome.status == ItemOutcome.ADDED)
+
     seen_in_this_run: set[str] = set()
-    for batch in _batched(_prepare_all(items, embedder, decode_workers), embedder.config.batch_size):
-        ready = []
-        known = Image.objects.existing_hashes(p.sha256 for p in batch if not p.error)
-        for prepared in batch:
-            if prepared.error:
-                record(ItemOutcome(prepared.item.name, prepared.item.source_ref, ItemOutcome.FAILED,
-                                   reason=prepared.error))
-            elif prepared.sha256 in known or prepared.sha256 in seen_in_this_run:
-                record(_duplicate(prepared))
-            else:
-                seen_in_this_run.add(prepared.sha256)
-                ready.append(prepared)
-        if not ready:
-            continue
-        vectors = embedder.embed_prepared([p.tensor for p in ready])
-        for prepared, vector in zip(ready, vectors):
-            record(_store(prepared, vector, space, options))
-    return report
+    workers = decode_workers or settings.INGEST_DECODE_WORKERS
+    # The model runs on its own thread (torch releases the GIL): while it embeds one batch, this
+    # thread, which owns the database connection, stores the previous one.
+    with ThreadPoolExecutor(max_workers=1, thread_name_prefix="ingest-embed") as model:
+        embedding: tuple[list[_Prepared], Future] | None = None
+        for batch in _batched(_prepare_all(items, embedder, workers), embedder.config.batch_size):
+            ready = []
+            known = Image.objects.existing_hashes(p.sha256 for p in batch if not p.error)
+            for prepared in batch:
+                if prepared.error:
+                    record(prepared, ItemOutcome(prepared.item.name, prepared.item.source_ref, ItemOutcome.FAILED,
+                                                 reason=prepared.error, key=prepared.item.key))
+                elif prepared.sha256 in known or prepared.sha256 in seen_in_this_run:
+                    record(prepared, _duplicate(prepared))
+                else:
+                    seen_in_this_run.add(prepared.sha256)
+                    ready.append(prepared)
+            previous = embedding
+            embedding = (ready, model.submit(embedder.embed_prepared, [p.tensor for p in ready])) if ready else None
+            if previous is not None:
+                store_all(*previous)
+        if embedding is not None:
+            store_all(*embedding)
+    return IngestReport(outcomes=[outcomes[index] for index in sorted(outcomes)])
 
 
 def _prepare_all(items: Iterable[IngestItem], embedder: ClipEmbedder, workers: int) -> Iterator[_Prepared]:
@@ -135,16 +164,16 @@ def _prepare_all(items: Iterable[IngestItem], embedder: ClipEmbedder, workers: i
     lookahead = max(2 * embedder.config.batch_size, 4)
     with ThreadPoolExecutor(max_workers=workers, thread_name_prefix="ingest-decode") as pool:
         pending: deque[Future] = deque()
-        for item in items:
-            pending.append(pool.submit(_prepare, item, embedder, min_side))
+        for index, item in enumerate(items):
+            pending.append(pool.submit(_prepare, item, index, embedder, min_side))
             if len(pending) >= lookahead:
                 yield pending.popleft().result()
         while pending:
             yield pending.popleft().result()
 
 
-def _prepare(item: IngestItem, embedder: ClipEmbedder, min_side: int) -> _Prepared:
-    prepared = _Prepared(item=item)
+def _prepare(item: IngestItem, index: int, embedder: ClipEmbedder, min_side: int) -> _Prepared:
+    prepared = _Prepared(item=item, index=index)
     try:
         prepared.data = item.read()
         prepared.sha256 = hashlib.sha256(prepared.data).hexdigest()
@@ -152,14 +181,15 @@ def _prepare(item: IngestItem, embedder: ClipEmbedder, min_side: int) -> _Prepar
         prepared.metadata = decoded.metadata
         prepared.thumbnail = make_thumbnail(decoded.image, max_side=settings.THUMBNAIL_MAX_SIDE)
         prepared.tensor = embedder.prepare_image(decoded.image)
-    except ImageRejected as rejected:
+    except (ImageRejected, ItemRejected) as rejected:
         prepared.error = str(rejected)
     except OSError as error:  # unreadable file, vanished path
         prepared.error = f"cannot read file: {error.strerror or error}"
     return prepared
 
 
-def _store(prepared: _Prepared, vector, space: EmbeddingSpace, options: IngestOptions) -> ItemOutcome:
+def _store(prepared: _Prepared, vector, space: EmbeddingSpace, options: IngestOptions,
+           on_added: Callable[[ItemOutcome], None] | None) -> ItemOutcome:
     meta = prepared.metadata
     city = options.city
     if not city and meta.latitude is not None and meta.longitude is not None:
@@ -177,18 +207,22 @@ def _store(prepared: _Prepared, vector, space: EmbeddingSpace, options: IngestOp
                 latitude=meta.latitude, longitude=meta.longitude, source=options.source,
                 source_ref=prepared.item.source_ref[:1000], status=Image.Status.EMBEDDED)
             Embedding.objects.create(image=image, space=space, vector=vector)
+            outcome = ItemOutcome(prepared.item.name, prepared.item.source_ref, ItemOutcome.ADDED,
+                                  image_id=image.pk, key=prepared.item.key)
+            if on_added is not None:
+                on_added(outcome)
     except IntegrityError:
         # Another worker stored the same bytes between our check and our insert.
         if Image.objects.filter(sha256=prepared.sha256).exists():
             return _duplicate(prepared)
         raise
-    return ItemOutcome(prepared.item.name, prepared.item.source_ref, ItemOutcome.ADDED, image_id=image.pk)
+    return outcome
 
 
 def _duplicate(prepared: _Prepared) -> ItemOutcome:
     existing = Image.objects.filter(sha256=prepared.sha256).values_list("pk", flat=True).first()
     return ItemOutcome(prepared.item.name, prepared.item.source_ref, ItemOutcome.DUPLICATE, image_id=existing,
-                       reason="already stored")
+                       reason="already stored", key=prepared.item.key)
 
 
 def _write_once(name: str, data: bytes) -> str:

@@ -1,11 +1,75 @@
-"""Import pages. (Being written for the ingestion-at-scale issue.)"""
+"""The import page: upload images or archives, or list URLs; then watch the job's progress."""
 
-from django.http import HttpResponse
+from django import forms
+from django.http import HttpRequest, HttpResponse
+from django.shortcuts import get_object_or_404, redirect, render
+
+from catalog.ingest import jobs
+from catalog.models import ImportJob
+
+RECENT_JOBS = 20
+ERRORS_SHOWN = 200
+REFRESH_SECONDS = 2
 
 
-def import_page(request):
-    return HttpResponse("Imports are not available yet.")
+class MultipleFileInput(forms.ClearableFileInput):
+    allow_multiple_selected = True
 
 
-def import_detail(request, pk):
-    return HttpResponse("Imports are not available yet.")
+class MultipleFileField(forms.FileField):
+    def __init__(self, **kwargs):
+        kwargs.setdefault("widget", MultipleFileInput())
+        # An empty file is not a form error: the job records it as a failed item.
+        super().__init__(allow_empty_file=True, **kwargs)
+
+    def clean(self, data, initial=None):
+        files = data if isinstance(data, (list, tuple)) else [data]
+        cleaned = [super(MultipleFileField, self).clean(file, initial) for file in files]
+        try:
+            return [jobs.validate_upload(file) for file in cleaned if file]
+        except jobs.ImportRequestError as error:
+            raise forms.ValidationError(str(error)) from None
+
+
+class ImportForm(forms.Form):
+    """Shared by the import page and the admin's "add import" page."""
+
+    files = MultipleFileField(label="Images or archives (zip, tar, tar.gz)", required=False)
+    urls = forms.CharField(label="…or image URLs, one per line", required=False,
+                           widget=forms.Textarea(attrs={"rows": 4, "placeholder": "https://example.com/photo.jpg"}))
+    city = forms.CharField(max_length=120, required=False, help_text="For every image (else taken from GPS).")
+    group_key = forms.CharField(max_length=120, required=False, help_text="For every image, e.g. a product id.")
+
+    def clean_urls(self) -> list[str]:
+        lines = [line.strip() for line in self.cleaned_data["urls"].splitlines() if line.strip()]
+        try:
+            return jobs.validate_urls(lines)
+        except jobs.ImportRequestError as error:
+            raise forms.ValidationError(str(error)) from None
+
+    def clean(self):
+        cleaned = super().clean()
+        if not self.errors and not cleaned.get("files") and not cleaned.get("urls"):
+            raise forms.ValidationError("Choose a file to upload or enter at least one URL.")
+        return cleaned
+
+    def create_job(self, via: str) -> ImportJob:
+        data = self.cleaned_data
+        return jobs.create_job(files=data["files"], urls=data["urls"], city=data["city"],
+                               group_key=data["group_key"], via=via)
+
+
+def import_page(request: HttpRequest) -> HttpResponse:
+    form = ImportForm(request.POST, request.FILES) if request.method == "POST" else ImportForm()
+    if request.method == "POST" and form.is_valid():
+        job = form.create_job(ImportJob.Via.PAGE)
+        return redirect("catalog:import-detail", pk=job.pk)
+    context = {"form": form, "recent": ImportJob.objects.order_by("-created_at")[:RECENT_JOBS]}
+    return render(request, "catalog/imports/index.html", context, status=400 if form.is_bound else 200)
+
+
+def import_detail(request: HttpRequest, pk) -> HttpResponse:
+    job = get_object_or_404(ImportJob, pk=pk)
+    context = {"job": job, "errors": jobs.job_errors(job, limit=ERRORS_SHOWN), "errors_shown": ERRORS_SHOWN,
+               "refresh_seconds": REFRESH_SECONDS}
+    return render(request, "catalog/imports/detail.html", context)

@@ -1,0 +1,214 @@
+"""Import jobs, the request side: turn uploaded files and URLs into a durable job; find and
+re-queue jobs that lost their worker; tidy payloads.
+
+The uploaded bytes are written to storage (``imports/<job id>/``) and the job and its items
+committed before the job's task is queued (on commit): a web process that dies mid-request
+leaves no job behind, and a queued job never lacks its bytes. The work itself is done by
+``catalog.ingest.runner`` in the background worker.
+"""
+
+from __future__ import annotations
+
+import logging
+import posixpath
+import uuid
+from collections.abc import Iterable, Sequence
+from datetime import timedelta
+from functools import partial
+from urllib.parse import unquote, urlsplit
+
+from django.conf import settings
+from django.core.exceptions import SuspiciousFileOperation
+from django.core.files.storage import default_storage
+from django.core.files.uploadedfile import UploadedFile
+from django.db import transaction
+from django.utils import timezone
+from django.utils.text import get_valid_filename
+
+from catalog import tasks
+from catalog.ingest.archives import is_archive
+from catalog.models import ImportItem, ImportJob
+
+logger = logging.getLogger(__name__)
+
+MAX_URL_LENGTH = 2048
+MAX_ERRORS_SHOWN = 1000  # per-item errors returned with a job; the counts stay exact
+_SNIFF_BYTES = 512
+# Payload folders without a job row are left by requests that died mid-upload; one that young
+# may belong to a request still running.
+ORPHAN_PAYLOAD_AGE = timedelta(days=1)
+
+
+class ImportRequestError(ValueError):
+    """The import request itself is unusable; ``str(exc)`` says why."""
+
+
+def validate_url(url: str) -> str:
+    """Return ``url`` stripped, or raise ImportRequestError. Only the form is checked here; where it
+    points (private addresses, redirects, content) is checked when the worker fetches it."""
+    url = (url or "").strip()
+    if not url:
+        raise ImportRequestError("Enter a URL.")
+    if len(url) > MAX_URL_LENGTH:
+        raise ImportRequestError(f"URL is longer than {MAX_URL_LENGTH} characters.")
+    try:
+        parts = urlsplit(url)
+        parts.port  # noqa: B018 - raises ValueError on a bad port
+    except ValueError:
+        raise ImportRequestError(f"Not a valid URL: {url[:200]}") from None
+    if parts.scheme.lower() not in ("http", "https"):
+        raise ImportRequestError(f"Only http and https URLs can be imported: {url[:200]}")
+    if not parts.hostname:
+        raise ImportRequestError(f"URL has no host: {url[:200]}")
+    if parts.username is not None or parts.password is not None:
+        raise ImportRequestError("URLs with user names or passwords are not allowed.")
+    return url
+
+
+def validate_urls(urls: Sequence[str]) -> list[str]:
+    if len(urls) > settings.IMPORT_MAX_URLS:
+        raise ImportRequestError(f"At most {settings.IMPORT_MAX_URLS} URLs per import.")
+    return [validate_url(url) for url in urls]
+
+
+def validate_upload(file: UploadedFile) -> UploadedFile:
+    if file.size is not None and file.size > settings.IMPORT_MAX_UPLOAD_BYTES:
+        raise ImportRequestError(f"{file.name} is larger than {settings.IMPORT_MAX_UPLOAD_BYTES} bytes.")
+    return file
+
+
+def create_job(*, files: Iterable[UploadedFile] = (), urls: Iterable[str] = (), city: str = "",
+               group_key: str = "", via: str) -> ImportJob:
+    """Store the uploads, create the job and its items, and queue the job once committed.
+
+    Each file becomes one item: an image, or an archive the worker expands into its members.
+    Inputs are expected to be validated already (validate_urls / validate_upload)."""
+    files, urls = list(files), list(urls)
+    if not files and not urls:
+        raise ImportRequestError("Nothing to import: upload a file or give a URL.")
+    job_id = uuid.uuid4()
+    stored: list[str] = []
+    try:
+        with transaction.atomic():
+            job = ImportJob.objects.create(id=job_id, created_via=via, city=city.strip()[:120],
+                                           group_key=group_key.strip()[:120], total=len(files) + len(urls))
+            items = []
+            for index, file in enumerate(files):
+                name = _display_name(file.name or "upload")
+                kind = ImportItem.Kind.ARCHIVE if is_archive(name, _head(file)) else ImportItem.Kind.UPLOAD
+                payload = default_storage.save(f"{job.payload_folder}/{index:05d}-{_storage_name(name)}", file)
+                stored.append(payload)
+                items.append(ImportItem(job=job, kind=kind, name=name, payload=payload))
+            items += [ImportItem(job=job, kind=ImportItem.Kind.URL, name=url_name(url), url=url) for url in urls]
+            ImportItem.objects.bulk_create(items)
+            transaction.on_commit(partial(tasks.enqueue_import, job.pk))
+    except BaseException:
+        for name in stored:  # the rows are gone with the rollback; so must be their bytes
+            default_storage.delete(name)
+        raise
+    return job
+
+
+def retry_job(job_id: uuid.UUID) -> bool:
+    """Queue a failed job again (e.g. after the model was configured); its pending items resume."""
+    with transaction.atomic():
+        updated = ImportJob.objects.filter(pk=job_id, state=ImportJob.State.FAILED).update(
+            state=ImportJob.State.QUEUED, error="", attempts=0, finished_at=None, lease_owner="",
+            lease_expires_at=None)
+        if updated:
+            transaction.on_commit(partial(tasks.enqueue_import, job_id))
+    return bool(updated)
+
+
+def resume_unfinished() -> list[uuid.UUID]:
+    """Queue a task for every unfinished job that has none waiting (its web process died between
+    commit and enqueue, or its task row was lost). A job still held by a live worker is looked at
+    again when its lease runs out. Returns the ids queued."""
+    queued = []
+    for job_id in ImportJob.objects.unfinished().order_by("created_at").values_list("pk", flat=True):
+        if not tasks.has_queued_import(job_id):
+            tasks.enqueue_import(job_id)
+            queued.append(job_id)
+    return queued
+
+
+def prune_payloads() -> int:
+    """Delete payload folders of finished jobs and old folders that have no job. Returns how many."""
+    try:
+        folders, _ = default_storage.listdir("imports")
+    except FileNotFoundError:
+        return 0
+    by_id = {}
+    for folder in folders:
+        try:
+            by_id[uuid.UUID(folder)] = folder
+        except ValueError:
+            continue
+    states = dict(ImportJob.objects.filter(pk__in=list(by_id)).values_list("pk", "state"))
+    pruned = 0
+    for job_id, folder in by_id.items():
+        state = states.get(job_id)
+        if state is not None and state != ImportJob.State.DONE:  # running, or failed and retriable
+            continue
+        if state is None and not _older_than(f"imports/{folder}", ORPHAN_PAYLOAD_AGE):
+            continue
+        delete_payloads(f"imports/{folder}")
+        pruned += 1
+    return pruned
+
+
+def delete_payloads(folder: str) -> None:
+    """Delete a job's payload folder (best effort: a leftover is pruned later)."""
+    try:
+        folders, files = default_storage.listdir(folder)
+        for sub in folders:
+            delete_payloads(f"{folder}/{sub}")
+        for name in files:
+            default_storage.delete(f"{folder}/{name}")
+        default_storage.delete(folder)  # FileSystemStorage removes the empty folder; buckets have none
+    except FileNotFoundError:
+        pass
+    except OSError as error:
+        logger.warning("could not delete import payloads in %s: %s", folder, error)
+
+
+def job_errors(job: ImportJob, limit: int = MAX_ERRORS_SHOWN) -> list[dict[str, str]]:
+    """The first ``limit`` per-item errors of the job, oldest first."""
+    return [{"item": item.name, "source": item.source_ref, "message": item.error}
+            for item in job.items.errors().select_related("parent")[:limit]]
+
+
+def url_name(url: str) -> str:
+    """A file name for a URL's image: the last path segment, else the host."""
+    parts = urlsplit(url)
+    name = posixpath.basename(unquote(parts.path)) or parts.hostname or "download"
+    return _display_name(name)
+
+
+def _older_than(name: str, age: timedelta) -> bool:
+    try:
+        folders, files = default_storage.listdir(name)
+        times = [default_storage.get_modified_time(f"{name}/{f}") for f in files]
+    except (NotImplementedError, OSError):
+        return True
+    return not times or max(times) < timezone.now() - age
+
+
+def _head(file: UploadedFile) -> bytes:
+    file.seek(0)
+    head = file.read(_SNIFF_BYTES)
+    file.seek(0)
+    return head
+
+
+def _display_name(name: str) -> str:
+    name = name.replace("\\", "/").rsplit("/", 1)[-1]
+    cleaned = "".join(c for c in name if c.isprintable()).strip()
+    return cleaned[:255] or "upload"
+
+
+def _storage_name(name: str) -> str:
+    try:
+        return get_valid_filename(name)[-100:]
+    except SuspiciousFileOperation:
+        return "upload"

@@ -1,0 +1,30 @@
+from django.core.management.base import BaseCommand, CommandError
+
+from catalog.embedder import EmbedderUnavailable, get_embedder
+from catalog.ingest.backfill import embed_missing, images_missing_from
+from catalog.management.progress import progress_bar
+from catalog.models import EmbeddingSpace
+
+
+class Command(BaseCommand):
+    help = ("Embed every stored image that has no vector for the configured model (CLIP_MODEL, "
+            "CLIP_PRETRAINED / CLIP_WEIGHTS_FILE). Run it after switching models; resumable, and several "
+            "copies may run at once.")
+
+    def add_arguments(self, parser):
+        parser.add_argument("--no-progress", action="store_true")
+
+    def handle(self, *args, no_progress: bool, **options):
+        try:
+            embedder = get_embedder()
+        except EmbedderUnavailable as error:
+            raise CommandError(str(error)) from None
+        space = EmbeddingSpace.objects.ensure(name=embedder.space_name, dimensions=embedder.dimensions)
+        total = images_missing_from(space).count()
+        self.stdout.write(f"{total} image(s) to embed into {space.name}.")
+        with progress_bar(total=total, enabled=not no_progress, stream=self.stderr) as bar:
+            report = embed_missing(embedder=embedder, on_batch=bar.update)
+        self.stdout.write(f"Embedded {report.embedded}, failed {report.failed}.")
+        if report.failed:
+            raise CommandError(f"{report.failed} image(s) could not be re-read; see their status in the admin.",
+                               returncode=1)

@@ -1,0 +1,69 @@
+"""``manage.py import_images FOLDER``: the same pipeline, in-process (no worker needed)."""
+
+from __future__ import annotations
+
+import io
+
+import pytest
+from django.core.management import CommandError, call_command
+from PIL import Image as PILImage
+
+from catalog.models import Embedding, Image
+
+pytestmark = pytest.mark.django_db
+
+
+def picture(index: int) -> bytes:
+    buffer = io.BytesIO()
+    PILImage.new("RGB", (30, 20), ((index * 61) % 256, 40, 200)).save(buffer, format="JPEG")
+    return buffer.getvalue()
+
+
+def import_folder(folder, *args):
+    out, err = io.StringIO(), io.StringIO()
+    try:
+        call_command("import_images", str(folder), "--no-progress", *args, stdout=out, stderr=err)
+    except CommandError as error:
+        return out.getvalue(), err.getvalue(), error
+    return out.getvalue(), err.getvalue(), None
+
+
+def test_summary_failed_lines_and_exit_status(tmp_path):
+    folder = tmp_path / "photos"
+    (folder / "sub").mkdir(parents=True)
+    for index in range(3):
+        (folder / f"{index}.jpg").write_bytes(picture(index))
+    (folder / "copy-of-0.jpg").write_bytes(picture(0))
+    (folder / "broken.jpg").write_bytes(picture(4)[:200])
+    (folder / "empty.png").write_bytes(b"")
+    (folder / ".hidden.jpg").write_bytes(picture(5))
+    (folder / "sub" / "deep.jpg").write_bytes(picture(6))
+
+    out, err, error = import_folder(folder, "--city", "Bergen", "--group-key", "box-1")
+
+    assert "Found 6 file(s)" in out
+    assert "Added 3, skipped 1 duplicate(s), failed 2." in out
+    assert f"FAILED {folder / 'broken.jpg'}: truncated or corrupt image" in err
+    assert f"FAILED {folder / 'empty.png'}: empty file" in err
+    assert error is not None and error.returncode == 1 and str(error) == "2 file(s) failed."
+    assert Image.objects.count() == 3 == Embedding.objects.count()
+    assert set(Image.objects.values_list("source", "city", "group_key")) == {(Image.Source.FOLDER, "Bergen", "box-1")}
+
+
+def test_recursive_and_rerun_skips_what_is_stored(tmp_path):
+    (tmp_path / "a" / "b").mkdir(parents=True)
+    (tmp_path / "a" / "top.jpg").write_bytes(picture(1))
+    (tmp_path / "a" / "b" / "deep.jpg").write_bytes(picture(2))
+
+    out, _, error = import_folder(tmp_path / "a", "--recursive")
+    assert error is None and "Added 2, skipped 0 duplicate(s), failed 0." in out
+    assert Image.objects.get(original_name="b/deep.jpg").source_ref == str(tmp_path / "a" / "b" / "deep.jpg")
+
+    out, _, error = import_folder(tmp_path / "a", "--recursive")
+    assert error is None and "Added 0, skipped 2 duplicate(s), failed 0." in out
+    assert Image.objects.count() == 2
+
+
+def test_not_a_folder(tmp_path):
+    _, _, error = import_folder(tmp_path / "missing")
+    assert error is not None and "is not a folder" in str(error)
