@@ -22,6 +22,9 @@ class EmbeddingSpaceQuerySet(models.QuerySet):
             with transaction.atomic():
                 space, created = self.get_or_create(name=name, defaults={"dimensions": dimensions})
                 if created:
+                    # Deferred foreign-key checks still pending in the caller's transaction would
+                    # make CREATE INDEX fail ("pending trigger events"): run them now.
+                    connection.check_constraints()
                     with connection.schema_editor() as editor:
                         editor.add_index(Embedding, space.hnsw_index())
         if space.dimensions != dimensions:
@@ -203,7 +206,8 @@ class ImportJob(models.Model):
     duplicates = models.PositiveIntegerField(default=0)
     failed = models.PositiveIntegerField(default=0)
     error = models.TextField(blank=True, help_text="Why the job as a whole failed.")
-    attempts = models.PositiveSmallIntegerField(default=0, help_text="Times a worker has claimed this job.")
+    attempts = models.PositiveSmallIntegerField(
+        default=0, help_text="Claims in a row that made no progress (crashes, errors); the job fails after IMPORT_MAX_ATTEMPTS.")
     # The worker holding the job renews its lease while it works; an expired lease means it died.
     lease_owner = models.CharField(max_length=64, blank=True)
     lease_expires_at = models.DateTimeField(null=True, blank=True)

@@ -22,22 +22,37 @@ the filter (never on offset/limit), the scan order is then deterministic, and ev
 slice of that one ranking (read from its start, so group collapsing and ``max_distance`` see the
 same prefix on every page). Ties are broken by image id in the exact ranking.
 
-Thresholds, measured with ``bench/search_db.py`` (100,000 x 512-d vectors of intrinsic
-dimension 32, 2-core VM, PostgreSQL 18 with the embedded server's defaults: 128 MB
-shared_buffers, so most index and TOAST pages come from the OS cache):
+Thresholds, measured with ``bench/search_db.py`` and ad-hoc variants of it: 100,000 x 512-d
+unit vectors of intrinsic dimension 32 (uniformly random 512-d vectors defeat any graph index:
+ef_search 400 finds ~30% of the true top 10), k = 10..100, a shared 2-core VM, PostgreSQL 18.
 
-* exact costs about 6-12 us per matching row (a 512-d vector is just over the TOAST threshold,
-  so each is detoasted) plus the filter itself (a sequential scan of catalog_image when no index
-  serves it, ~7 ms at 100,000 images): 1,000 rows ~ 6-15 ms, 2,000 ~ 15-25 ms, 3,000 ~ 30-45 ms.
-  The iterative HNSW scan costs grow as 1/selectivity: ~8 ms unfiltered, ~10-15 ms at 10%,
-  ~30 ms at 3%, 35-100 ms at 1%. They cross at about 2,000 rows: ``EXACT_MAX_ROWS``.
-* recall@k against an exact scan (k = 10..100, 20 queries, strict_order): unfiltered ef 100 gives
-  0.85-0.97, ef 200 gives 0.95-0.99; at 10% selectivity ef 200 gives 0.93-0.96 and ef 400
-  0.97-0.995; at 3% ef 400 gives 0.96-0.98. Hence 200 unfiltered, 400 from 25% down.
-  strict_order matches relaxed_order's recall at these ef values and keeps the rows sorted,
-  which is what makes pages plain slices.
+* Plan crossover (p50 ms, nearest() with the plan forced, filter on an unindexed column):
 
-The planner's estimate drives the choice (EXPLAIN, ~0.3 ms; an exact capped count measured
+  ==============  =========  ==========  =========  =========
+  matching rows   1% 1,000   2% 2,000    3% 3,000   5% 5,000
+  ==============  =========  ==========  =========  =========
+  128 MB buffers  37 vs 114  44 vs 61    49 vs 62   64 vs 63   (exact vs hnsw)
+  1 GB buffers    34 vs 69   --          48 vs 32   63 vs 32
+  ==============  =========  ==========  =========  =========
+
+  Exact costs ~5-12 us per matching row (a 512-d vector is just over the TOAST threshold, so
+  each one is detoasted) plus the filter (a sequential scan of catalog_image when no index serves
+  it, ~7 ms at 100,000 images); the iterative scan's cost grows as the filter gets more selective.
+  ``EXACT_MAX_ROWS`` = 3,000 sits between the crossovers (2-5%). It should grow about with the
+  square root of the space's size; re-measure for collections far from 100,000.
+* Recall@k against exact, strict_order, 20 queries: unfiltered, ef_search 100 gives 0.97 at
+  k = 10 but 0.85 at k = 100, ef 200 gives 0.95-0.995 for k = 10..100; at 10% selectivity ef 200
+  gives 0.93-0.96 and ef 400 0.97-0.995; at 3% ef 400 gives 0.96-0.98. Hence 200 unfiltered and
+  400 from 25% down, sized for k up to 100 because the ranking must not depend on the page size.
+  relaxed_order matched strict_order's recall at ef 400 (it is better at small ef, which these
+  settings do not use); strict_order keeps the rows sorted, which makes pages plain slices.
+* Latency (bench/search_db.py, k = 10, p50): unfiltered 16.6 ms with the embedded server's
+  default 128 MB shared_buffers, where the 260 MB index is partly read from the OS cache, and
+  10.4 ms with 1 GB; the executor alone needs ~2 ms at ef 100 and ~4.5 ms at ef 200 once the
+  pages are in shared buffers. ef 100 would give 10.9 ms at 128 MB, but recall@100 0.85.
+  ``nearest`` adds ~2-3 ms to the bare query (EXPLAIN, SET LOCAL, transaction round trips).
+
+The planner's estimate drives the choice (one or two EXPLAINs, 0.35-0.7 ms; a capped count measured
 8-34 ms for unindexed filters). A wrong estimate costs time, never rows: an underestimate makes
 the exact scan larger, an overestimate makes the HNSW scan run out and fall back as above.
 """
@@ -157,9 +172,11 @@ def _exact(matched: QuerySet, vector, page: _Page) -> list[tuple]:
     rows = matched.annotate(distance=CosineDistance("vector", vector))
     if page.max_distance is not None:
         rows = rows.filter(distance__lte=page.max_distance)
-    # Everything is in RAM or on SSD: with the default 4.0 the planner hash-joins every embedding
-    # of the space instead of looking up the filtered images' ones (1% city filter: 15 -> 6 ms).
-    _set_local(random_page_cost=1.1, jit="off")
+    # random_page_cost: everything is in RAM or on SSD; with the default 4.0 the planner hash-joins
+    # every embedding of the space instead of looking up the filtered images' ones (1% city filter:
+    # 14 -> 7 ms). Parallel workers take longer to start than they save on a few thousand rows
+    # (1% width filter: 17 -> 13 ms). jit: see _hnsw.
+    _set_local(random_page_cost=1.1, max_parallel_workers_per_gather=0, jit="off")
     return sorted(rows.values_list(*page.fields), key=lambda row: (row[1], row[0]))
 
 
@@ -168,7 +185,10 @@ def _hnsw(matched: QuerySet, vector, space: EmbeddingSpace, plan: Plan, page: _P
                   "hnsw.max_scan_tuples": MAX_SCAN_TUPLES,
                   # The index order is the only sort-free plan; without this a large ef_search makes
                   # the planner prefer an exact sort of the whole space (measured 130-175 ms).
-                  "enable_sort": "off", "jit": "off"})
+                  "enable_sort": "off",
+                  # Without a LIMIT (collapsing) a filtered scan is costed at ~190,000, over
+                  # jit_above_cost: JIT compiling added 150 ms to a 21 ms query.
+                  "jit": "off"})
     ranked = (matched.annotate(distance=CosineDistance(space.typed_vector(), vector))
               .order_by("distance").values_list(*page.fields))
     if not page.collapse_groups:

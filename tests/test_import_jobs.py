@@ -434,6 +434,20 @@ def test_worker_that_lost_its_lease_stops_without_recording_or_storing(monkeypat
     assert job.items.filter(state=ImportItem.State.PENDING).count() == 3
 
 
+def test_a_big_job_works_in_slices_and_queues_its_continuation(settings, django_capture_on_commit_callbacks):
+    settings.IMPORT_SLICE_SECONDS = 0  # every slice takes one item
+    job = jobs.create_job(files=[upload(f"{i}.jpg", picture(i)) for i in range(3)], via=ImportJob.Via.API)
+    with django_capture_on_commit_callbacks(execute=True):
+        assert runner.run_job(job.pk) == "continued"
+    job.refresh_from_db()
+    assert (job.state, job.added, job.lease_owner, job.attempts) == (ImportJob.State.RUNNING, 1, "", 0)
+    continuation = DBTaskResult.objects.filter(args_kwargs__args=[str(job.pk)], status="READY")
+    assert continuation.filter(run_after__lte=dj_timezone.now()).exists()  # runnable now, not a lease away
+    assert runner.run_job(job.pk) == "continued"
+    job = run(job)
+    assert_counts(job, total=3, added=3)
+
+
 def test_finished_job_is_left_alone():
     job = run(jobs.create_job(files=[upload("a.jpg", picture(1))], via=ImportJob.Via.API))
     assert runner.run_job(job.pk) == "finished"

@@ -141,9 +141,10 @@ def test_max_distance_cuts_the_ranking(corpus, strategy, name):
     cutoff = float(truth_distances[7]) + 1e-6  # eight rows qualify
     found = search(corpus, query, name, limit=20, max_distance=cutoff)
     assert found and all(n.distance <= cutoff for n in found)
-    assert recall([n.image_id for n in found], truth_ids[:8]) >= 0.95 - (strategy != "exact") * 0.15
     if strategy == "exact":
         assert [n.image_id for n in found] == truth_ids[:8].tolist()
+    else:  # the cut applies to the rows the scan reached
+        assert recall([n.image_id for n in found], truth_ids[:8]) >= 0.8
     assert search(corpus, query, name, limit=20, max_distance=float(truth_distances[0]) - 1e-4) == []
 
 

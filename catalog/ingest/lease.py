@@ -79,9 +79,12 @@ def renew(job_id: uuid.UUID, owner: str) -> bool:
         lease_expires_at=timezone.now() + lease_duration()))
 
 
-def release(job_id: uuid.UUID, owner: str) -> None:
-    """Give the job back unfinished (after an unexpected error) so a retry need not wait."""
-    ImportJob.objects.filter(pk=job_id, lease_owner=owner).update(lease_owner="", lease_expires_at=None)
+def release(job_id: uuid.UUID, owner: str, *, progressed: bool = False) -> None:
+    """Give the job back unfinished: at the end of a time slice (``progressed``: the attempt
+    count starts over, it counts claims in a row that got nowhere), or after an unexpected
+    error, so that a retry need not wait for the lease to run out."""
+    reset = {"attempts": 0} if progressed else {}
+    ImportJob.objects.filter(pk=job_id, lease_owner=owner).update(lease_owner="", lease_expires_at=None, **reset)
 
 
 def locked_job(job_id: uuid.UUID, owner: str) -> ImportJob:

@@ -11,6 +11,7 @@ from __future__ import annotations
 import logging
 import secrets
 import socket
+import time
 import uuid
 from collections.abc import Iterator
 from datetime import timedelta
@@ -44,7 +45,9 @@ _COUNTER_FOR = {ItemOutcome.ADDED: "added", ItemOutcome.DUPLICATE: "duplicates",
 
 
 def run_job(job_id: uuid.UUID) -> str:
-    """Work on the job until it is finished, or note why not. Returns a one-word result."""
+    """Work on the job for up to IMPORT_SLICE_SECONDS, then queue its continuation (so a worker
+    asked to stop, or other jobs, wait at most that long); finish it when nothing is left.
+    Returns a one-word result."""
     owner = secrets.token_hex(16)
     claimed = lease.claim(job_id, owner)
     if claimed.outcome is lease.Claim.FINISHED:
@@ -57,10 +60,17 @@ def run_job(job_id: uuid.UUID) -> str:
     # finds the job (lease expired) and carries on.
     _watch(job_id, timezone.now() + lease.lease_duration())
     job = claimed.job
+    deadline = time.monotonic() + settings.IMPORT_SLICE_SECONDS
     with lease.Heartbeat(job_id, owner) as heartbeat:
         try:
             _expand_archives(job, owner, heartbeat)
-            _ingest_pending(job, owner, heartbeat)
+            recorded = _ingest_pending(job, owner, heartbeat, deadline)
+            if job.items.pending().exists():
+                if not recorded:
+                    raise RuntimeError(f"import {job_id}: a pass over its pending items recorded nothing")
+                lease.release(job_id, owner, progressed=True)
+                transaction.on_commit(partial(tasks.enqueue_import, job_id))
+                return "continued"
             _finish(job_id, owner)
         except lease.LeaseLost:
             logger.warning("import %s: another worker took over", job_id)
@@ -75,7 +85,9 @@ def run_job(job_id: uuid.UUID) -> str:
 
 
 def _watch(job_id: uuid.UUID, at) -> None:
-    transaction.on_commit(partial(tasks.enqueue_import, job_id, run_after=at + WATCH_MARGIN))
+    # One waiting task per job is enough to keep it alive; don't start a second chain.
+    if not tasks.has_queued_import(job_id):
+        transaction.on_commit(partial(tasks.enqueue_import, job_id, run_after=at + WATCH_MARGIN))
 
 
 # --------------------------------------------------------------------------
@@ -126,6 +138,7 @@ class _Recorder:
 
     def __init__(self, job_id: uuid.UUID, owner: str, heartbeat: lease.Heartbeat):
         self.job_id, self.owner, self.heartbeat = job_id, owner, heartbeat
+        self.count = 0
 
     def __call__(self, outcome: ItemOutcome) -> None:
         self.heartbeat.check()
@@ -141,14 +154,18 @@ class _Recorder:
                 updated_at=timezone.now())
             if not updated:
                 raise lease.LeaseLost(f"import {self.job_id}: item {outcome.key} was recorded elsewhere")
+        self.count += 1
 
 
-def _ingest_pending(job: ImportJob, owner: str, heartbeat: lease.Heartbeat) -> None:
+def _ingest_pending(job: ImportJob, owner: str, heartbeat: lease.Heartbeat, deadline: float) -> int:
+    """Feed pending items to the pipeline until ``deadline``; returns how many were recorded."""
     record = _Recorder(job.pk, owner, heartbeat)
 
     def ingest(items: Iterator[IngestItem], source: str) -> None:
-        ingest_items(items, options=IngestOptions(source=source, city=job.city, group_key=job.group_key),
-                     on_outcome=record)
+        if time.monotonic() < deadline or not record.count:
+            ingest_items(_until(deadline, items),
+                         options=IngestOptions(source=source, city=job.city, group_key=job.group_key),
+                         on_outcome=record)
 
     pending = job.items.pending()
     uploads = list(pending.filter(kind=ImportItem.Kind.UPLOAD))
@@ -163,6 +180,16 @@ def _ingest_pending(job: ImportJob, owner: str, heartbeat: lease.Heartbeat) -> N
         members = {m.member_index: m for m in archive.members.pending()}
         if members:
             ingest(_member_items(archive, members), Image.Source.ARCHIVE)
+    return record.count
+
+
+def _until(deadline: float, items: Iterator[IngestItem]) -> Iterator[IngestItem]:
+    """Stop handing out new items once the slice is over (always at least one: progress);
+    the pipeline still finishes those it holds."""
+    for count, item in enumerate(items):
+        if count and time.monotonic() >= deadline:
+            return
+        yield item
 
 
 def _member_items(archive: ImportItem, pending: dict[int, ImportItem]) -> Iterator[IngestItem]:

@@ -25,7 +25,7 @@ class Migration(migrations.Migration):
                 ('duplicates', models.PositiveIntegerField(default=0)),
                 ('failed', models.PositiveIntegerField(default=0)),
                 ('error', models.TextField(blank=True, help_text='Why the job as a whole failed.')),
-                ('attempts', models.PositiveSmallIntegerField(default=0, help_text='Times a worker has claimed this job.')),
+                ('attempts', models.PositiveSmallIntegerField(default=0, help_text='Claims in a row that made no progress (crashes, errors); the job fails after IMPORT_MAX_ATTEMPTS.')),
                 ('lease_owner', models.CharField(blank=True, max_length=64)),
                 ('lease_expires_at', models.DateTimeField(blank=True, null=True)),
                 ('created_at', models.DateTimeField(auto_now_add=True, db_index=True)),

