@@ -258,10 +258,10 @@ def main() -> None:
     # When the model and the preparation share the same cores, their CPU costs add up.
     cores, threads = os.cpu_count() or 1, torch.get_num_threads()
     model_cost = threads / model[best_batch]
-    ceiling = cores / (model_cost + prep)
+    ceiling = min(cores / (model_cost + prep), model[best_batch])
     print(f"CPU per image: model {1000 * model_cost:.0f} ms (at {threads} thread(s)), everything else "
           f"{1000 * prep:.0f} ms (one thread). With both on the same {cores} core(s), (b) cannot exceed about "
-          f"{min(ceiling, model[best_batch]):.1f} images/s ({100 * min(ceiling, model[best_batch]) / model[best_batch]:.0f}% of (a)).")
+          f"{ceiling:.1f} images/s ({100 * ceiling / model[best_batch]:.0f}% of (a)).")
 
 
 def _load() -> str:

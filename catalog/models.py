@@ -108,8 +108,9 @@ class Image(models.Model):
     thumbnail = models.FileField(upload_to="thumbnails/", max_length=255, blank=True)
     sha256 = models.CharField("SHA-256", max_length=SHA256_HEX_LENGTH, unique=True, editable=False)
     original_name = models.CharField(max_length=255, blank=True)
-    width = models.PositiveIntegerField()
-    height = models.PositiveIntegerField()
+    # Indexed: size ranges are common search filters, and an unindexed one reads every row.
+    width = models.PositiveIntegerField(db_index=True)
+    height = models.PositiveIntegerField(db_index=True)
     city = models.CharField(max_length=120, blank=True, db_index=True)
     # Several pictures of one thing (e.g. a product id); searches can collapse on it.
     group_key = models.CharField(max_length=120, blank=True, db_index=True)
@@ -206,8 +207,8 @@ class ImportJob(models.Model):
     duplicates = models.PositiveIntegerField(default=0)
     failed = models.PositiveIntegerField(default=0)
     error = models.TextField(blank=True, help_text="Why the job as a whole failed.")
-    attempts = models.PositiveSmallIntegerField(
-        default=0, help_text="Claims in a row that made no progress (crashes, errors); the job fails after IMPORT_MAX_ATTEMPTS.")
+    attempts = models.PositiveSmallIntegerField(default=0, help_text=(
+        "Claims in a row that made no progress (crashes, errors); the job fails after IMPORT_MAX_ATTEMPTS."))
     # The worker holding the job renews its lease while it works; an expired lease means it died.
     lease_owner = models.CharField(max_length=64, blank=True)
     lease_expires_at = models.DateTimeField(null=True, blank=True)

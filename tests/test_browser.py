@@ -14,9 +14,19 @@ pytestmark = [
     pytest.mark.skipif(not CHROMIUM.exists(), reason="needs Debian's chromium at /usr/bin/chromium"),
 ]
 
-# Playwright's sync API runs an event loop in this thread; the ORM calls made by
-# the test itself are still synchronous and safe.
+# Playwright's sync API runs an event loop in this thread. The test touches the
+# database only before the browser starts (see ``stored``): a connection opened
+# inside playwright's context would outlive the test database.
 os.environ.setdefault("DJANGO_ALLOW_ASYNC_UNSAFE", "true")
+
+
+@pytest.fixture
+def stored():
+    images = ingest_pictures([(f"b{i}.png", varied_picture(i)) for i in range(8)])
+    for i, image in enumerate(images):
+        image.city = "Paris" if i < 3 else "Lima"
+        image.save(update_fields=["city"])
+    return images
 
 
 @pytest.fixture
@@ -38,12 +48,8 @@ def shown_ids(page) -> list[int]:
     return [int(card.get_attribute("data-image-id")) for card in page.locator("li.card").all()]
 
 
-def test_type_a_query_filter_by_city_and_search_by_picture(live_server, browser_page, tmp_path):
-    images = ingest_pictures([(f"b{i}.png", varied_picture(i)) for i in range(8)])
-    for i, image in enumerate(images):
-        image.city = "Paris" if i < 3 else "Lima"
-        image.save(update_fields=["city"])
-    page = browser_page
+def test_type_a_query_filter_by_city_and_search_by_picture(stored, live_server, browser_page, tmp_path):
+    images, page = stored, browser_page
 
     page.goto(live_server.url + "/")
     page.fill("input[name=q]", "snow-covered peaks in the sun")
@@ -71,3 +77,4 @@ def test_type_a_query_filter_by_city_and_search_by_picture(live_server, browser_
     page.click(f"li.card[data-image-id='{images[5].pk}'] a >> nth=0")
     page.wait_for_selector("h2:has-text('Nearest neighbours')")
     assert "b5.png" in page.content()
+

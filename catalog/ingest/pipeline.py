@@ -126,7 +126,7 @@ def ingest_items(items: Iterable[IngestItem], *, options: IngestOptions,
             on_outcome(outcome)
 
     def store_all(ready: list[_Prepared], vectors: Future) -> None:
-        for prepared, vector in zip(ready, vectors.result()):
+        for prepared, vector in zip(ready, vectors.result(), strict=True):
             outcome = _store(prepared, vector, space, options, on_outcome)
             # An added item's outcome was reported inside its transaction.
             record(prepared, outcome, reported=outcome.status == ItemOutcome.ADDED)
