@@ -1,7 +1,15 @@
-from django.contrib import admin
+from django.contrib import admin, messages
+from django.db.models import Case, FloatField, Value, When
 from django.utils.html import format_html
 
+from catalog.embedder import EmbedderUnavailable
+from catalog.search import SearchError, SearchParams, images_search
+
 from catalog.models import Embedding, EmbeddingSpace, Image
+
+
+SEMANTIC_PREFIX = "~"
+ADMIN_SEMANTIC_TOP_K = 100
 
 
 @admin.register(Image)
@@ -11,13 +19,19 @@ class ImageAdmin(admin.ModelAdmin):
     list_display_links = ["preview", "original_name"]
     list_filter = ["status", "source", "city"]
     search_fields = ["original_name", "=sha256", "group_key"]
-    readonly_fields = ["preview_large", "sha256", "width", "height", "taken_at", "latitude", "longitude",
-                       "source", "source_ref", "created_at", "status", "status_reason"]
+    search_help_text = (f'Name, SHA-256 or group key. Start with "{SEMANTIC_PREFIX}" to search by description '
+                        f'(e.g. "{SEMANTIC_PREFIX} red car at night"), best matches first.')
+    # Files are content-addressed and written by the import pipeline only (Import jobs → Add).
+    readonly_fields = ["preview_large", "file", "thumbnail", "sha256", "width", "height", "taken_at", "latitude",
+                       "longitude", "source", "source_ref", "created_at", "status", "status_reason"]
     fields = ["preview_large", "original_name", "city", "group_key", "file", "thumbnail", "sha256", "width",
               "height", "taken_at", "latitude", "longitude", "source", "source_ref", "created_at", "status",
               "status_reason"]
     date_hierarchy = "created_at"
     list_per_page = 50
+
+    def has_add_permission(self, request):
+        return False
 
     @admin.display(description="Preview")
     def preview(self, image: Image):
@@ -27,6 +41,35 @@ class ImageAdmin(admin.ModelAdmin):
     @admin.display(description="Preview")
     def preview_large(self, image: Image):
         return format_html('<img src="{}" alt="" style="max-height:320px">', image.thumbnail_url)
+
+    # "~ words" runs the site's search (the same function as the pages and the API): the changelist
+    # then holds its best matches, best first, still narrowed by the list filters.
+    def get_queryset(self, request):
+        text = _semantic_text(request)
+        if text is None:
+            return super().get_queryset(request)
+        try:
+            hits = images_search(params=SearchParams(text=text, top_k=ADMIN_SEMANTIC_TOP_K)).hits if text else []
+        except (SearchError, EmbedderUnavailable) as error:
+            self.message_user(request, str(error), level=messages.ERROR)
+            hits = []
+        scores = [When(pk=hit.image.pk, then=Value(hit.score)) for hit in hits]
+        return (Image.objects.filter(pk__in=[hit.image.pk for hit in hits])
+                .annotate(search_score=Case(*scores, default=Value(-2.0), output_field=FloatField()))
+                .order_by("-search_score"))
+
+    def get_search_results(self, request, queryset, search_term):
+        if _semantic_text(request) is not None:
+            return queryset, False  # already narrowed by get_queryset
+        return super().get_search_results(request, queryset, search_term)
+
+    def get_ordering(self, request):
+        return ["-search_score"] if _semantic_text(request) is not None else super().get_ordering(request)
+
+
+def _semantic_text(request) -> str | None:
+    term = request.GET.get("q", "")
+    return term[len(SEMANTIC_PREFIX):].strip() if term.startswith(SEMANTIC_PREFIX) else None
 
 
 @admin.register(EmbeddingSpace)

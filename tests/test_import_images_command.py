@@ -28,7 +28,7 @@ def import_folder(folder, *args):
     return out.getvalue(), err.getvalue(), None
 
 
-def test_summary_failed_lines_and_exit_status(tmp_path):
+def test_summary_failed_lines_and_exit_status(tmp_path, media_root):
     folder = tmp_path / "photos"
     (folder / "sub").mkdir(parents=True)
     for index in range(3):
@@ -36,17 +36,23 @@ def test_summary_failed_lines_and_exit_status(tmp_path):
     (folder / "copy-of-0.jpg").write_bytes(picture(0))
     (folder / "broken.jpg").write_bytes(picture(4)[:200])
     (folder / "empty.png").write_bytes(b"")
+    (folder / "notes.jpg").write_text("a shopping list, not a photo")
     (folder / ".hidden.jpg").write_bytes(picture(5))
     (folder / "sub" / "deep.jpg").write_bytes(picture(6))
 
     out, err, error = import_folder(folder, "--city", "Bergen", "--group-key", "box-1")
 
-    assert "Found 6 file(s)" in out
-    assert "Added 3, skipped 1 duplicate(s), failed 2." in out
+    assert "Found 7 file(s)" in out
+    assert "Added 3, skipped 1 duplicate(s), failed 3." in out
     assert f"FAILED {folder / 'broken.jpg'}: truncated or corrupt image" in err
     assert f"FAILED {folder / 'empty.png'}: empty file" in err
-    assert error is not None and error.returncode == 1 and str(error) == "2 file(s) failed."
+    assert f"FAILED {folder / 'notes.jpg'}: not an image" in err
+    assert error is not None and error.returncode == 1 and str(error) == "3 file(s) failed."
     assert Image.objects.count() == 3 == Embedding.objects.count()
+    # Nothing half-written: the stored files are exactly those the rows name.
+    stored = {str(p.relative_to(media_root)) for p in media_root.rglob("*") if p.is_file()}
+    named = {name for row in Image.objects.values_list("file", "thumbnail") for name in row}
+    assert stored == named and len(named) == 6
     assert set(Image.objects.values_list("source", "city", "group_key")) == {(Image.Source.FOLDER, "Bergen", "box-1")}
 
 
