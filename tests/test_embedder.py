@@ -104,3 +104,16 @@ def test_download_failure_is_reported_not_hidden(monkeypatch):
     message = str(error.value)
     assert "Failed to download weights" in message and "CLIP_WEIGHTS_FILE" in message
     assert "\n" not in message
+
+
+def test_local_weights_file_is_loaded(tmp_path):
+    """The offline path: CLIP_WEIGHTS_FILE pointing at an open_clip state dict."""
+    import torch
+
+    weights = tmp_path / "open_clip_model.bin"
+    torch.save(get_embedder()._model.state_dict(), weights)
+    from_file = ClipEmbedder(EmbedderConfig(model="ViT-S-32", pretrained=None, weights_file=weights, device="cpu",
+                                            batch_size=4))
+    assert from_file.space_name == "ViT-S-32/file:open_clip_model.bin"
+    np.testing.assert_allclose(from_file.embed_text("a lighthouse"), get_embedder().embed_text("a lighthouse"),
+                               atol=1e-5)

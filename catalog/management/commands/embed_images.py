@@ -4,6 +4,7 @@ from catalog.embedder import EmbedderUnavailable, get_embedder
 from catalog.ingest.backfill import embed_missing, images_missing_from
 from catalog.management.progress import progress_bar
 from catalog.models import EmbeddingSpace
+from catalog.vector_search import refresh_planner_statistics
 
 
 class Command(BaseCommand):
@@ -24,6 +25,8 @@ class Command(BaseCommand):
         self.stdout.write(f"{total} image(s) to embed into {space.name}.")
         with progress_bar(total=total, enabled=not no_progress, stream=self.stderr) as bar:
             report = embed_missing(embedder=embedder, on_batch=bar.update)
+        if report.embedded:
+            refresh_planner_statistics()
         self.stdout.write(f"Embedded {report.embedded}, failed {report.failed}.")
         if report.failed:
             raise CommandError(f"{report.failed} image(s) could not be re-read; see their status in the admin.",

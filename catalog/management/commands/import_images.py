@@ -2,11 +2,14 @@ from pathlib import Path
 
 from django.core.management.base import BaseCommand, CommandError
 
-from catalog.embedder import EmbedderUnavailable
+from catalog.embedder import EmbedderUnavailable, get_embedder
 from catalog.ingest.pipeline import IngestOptions, ItemOutcome, ingest_items
 from catalog.ingest.sources import folder_files, path_items
 from catalog.management.progress import progress_bar
 from catalog.models import Image
+from catalog.vector_search import refresh_planner_statistics
+
+BULK_LOAD_ROWS = 1000  # after this many new vectors, refresh the planner's statistics
 
 
 class Command(BaseCommand):
@@ -34,18 +37,21 @@ class Command(BaseCommand):
 
 def import_paths(command: BaseCommand, paths, *, root, source, city="", group_key="", show_progress=True):
     """Shared by import_images and load_sample_images: run the pipeline, draw progress, print a summary."""
+    try:
+        embedder = get_embedder()  # before the progress bar: a model that cannot load is one clear line
+    except EmbedderUnavailable as error:
+        raise CommandError(str(error)) from None
     with progress_bar(total=len(paths), enabled=show_progress, stream=command.stderr) as bar:
         def on_outcome(outcome: ItemOutcome) -> None:
             bar.update(1)
             if outcome.status == ItemOutcome.FAILED:
                 bar.write(f"FAILED {outcome.source_ref}: {outcome.reason}")
 
-        try:
-            report = ingest_items(path_items(paths, root=root),
-                                  options=IngestOptions(source=source, city=city, group_key=group_key),
-                                  on_outcome=on_outcome)
-        except EmbedderUnavailable as error:
-            raise CommandError(str(error)) from None
+        report = ingest_items(path_items(paths, root=root),
+                              options=IngestOptions(source=source, city=city, group_key=group_key),
+                              on_outcome=on_outcome, embedder=embedder)
+    if report.added >= BULK_LOAD_ROWS:
+        refresh_planner_statistics()
     command.stdout.write(f"Added {report.added}, skipped {report.duplicates} duplicate(s), "
                          f"failed {len(report.failed)}.")
     return report
