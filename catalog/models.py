@@ -87,8 +87,9 @@ class ImageQuerySet(models.QuerySet):
             qs = qs.filter(**{f"{field}__lte": high})
         return qs
 
-    def existing_hashes(self, hashes) -> set[str]:
-        return set(self.filter(sha256__in=list(hashes)).values_list("sha256", flat=True))
+    def ids_by_hash(self, hashes) -> dict[str, int]:
+        """{sha256: id} of the images among ``hashes`` that are stored already (one query)."""
+        return dict(self.filter(sha256__in=list(hashes)).values_list("sha256", "pk"))
 
 
 class Image(models.Model):

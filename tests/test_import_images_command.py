@@ -37,12 +37,13 @@ def test_summary_failed_lines_and_exit_status(tmp_path, media_root):
     (folder / "broken.jpg").write_bytes(picture(4)[:200])
     (folder / "empty.png").write_bytes(b"")
     (folder / "notes.jpg").write_text("a shopping list, not a photo")
+    (folder / "0.jpg.json").write_text('{"sidecar": "metadata, not an image"}')
     (folder / ".hidden.jpg").write_bytes(picture(5))
     (folder / "sub" / "deep.jpg").write_bytes(picture(6))
 
     out, err, error = import_folder(folder, "--city", "Bergen", "--group-key", "box-1")
 
-    assert "Found 7 file(s)" in out
+    assert "Found 8 file(s)" in out and "ignoring 1 without an image file extension" in out
     assert "Added 3, skipped 1 duplicate(s), failed 3." in out
     assert f"FAILED {folder / 'broken.jpg'}: truncated or corrupt image" in err
     assert f"FAILED {folder / 'empty.png'}: empty file" in err
@@ -73,3 +74,14 @@ def test_recursive_and_rerun_skips_what_is_stored(tmp_path):
 def test_not_a_folder(tmp_path):
     _, _, error = import_folder(tmp_path / "missing")
     assert error is not None and "is not a folder" in str(error)
+
+
+def test_all_files_tries_files_without_an_image_extension(tmp_path):
+    (tmp_path / "scan.dat").write_bytes(picture(7))
+    (tmp_path / "readme.txt").write_text("hello")
+    out, err, error = import_folder(tmp_path)
+    assert "ignoring 2 without an image file extension" in out and error is None
+    assert "Added 0, skipped 0 duplicate(s), failed 0." in out
+    out, err, error = import_folder(tmp_path, "--all-files")
+    assert "Added 1, skipped 0 duplicate(s), failed 1." in out
+    assert f"FAILED {tmp_path / 'readme.txt'}: not an image" in err and error.returncode == 1

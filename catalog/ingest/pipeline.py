@@ -139,13 +139,15 @@ def ingest_items(items: Iterable[IngestItem], *, options: IngestOptions,
         embedding: tuple[list[_Prepared], Future] | None = None
         for batch in _batched(_prepare_all(items, embedder, workers), embedder.config.batch_size):
             ready = []
-            known = Image.objects.existing_hashes(p.sha256 for p in batch if not p.error)
+            known = Image.objects.ids_by_hash(p.sha256 for p in batch if not p.error)
             for prepared in batch:
                 if prepared.error:
                     record(prepared, ItemOutcome(prepared.item.name, prepared.item.source_ref, ItemOutcome.FAILED,
                                                  reason=prepared.error, key=prepared.item.key))
-                elif prepared.sha256 in known or prepared.sha256 in seen_in_this_run:
-                    record(prepared, _duplicate(prepared))
+                elif prepared.sha256 in known:
+                    record(prepared, _duplicate(prepared, known[prepared.sha256]))
+                elif prepared.sha256 in seen_in_this_run:  # its first copy may not be stored yet
+                    record(prepared, _duplicate(prepared, None))
                 else:
                     seen_in_this_run.add(prepared.sha256)
                     ready.append(prepared)
@@ -213,15 +215,15 @@ def _store(prepared: _Prepared, vector, space: EmbeddingSpace, options: IngestOp
                 on_added(outcome)
     except IntegrityError:
         # Another worker stored the same bytes between our check and our insert.
-        if Image.objects.filter(sha256=prepared.sha256).exists():
-            return _duplicate(prepared)
+        existing = Image.objects.ids_by_hash([prepared.sha256]).get(prepared.sha256)
+        if existing is not None:
+            return _duplicate(prepared, existing)
         raise
     return outcome
 
 
-def _duplicate(prepared: _Prepared) -> ItemOutcome:
-    existing = Image.objects.filter(sha256=prepared.sha256).values_list("pk", flat=True).first()
-    return ItemOutcome(prepared.item.name, prepared.item.source_ref, ItemOutcome.DUPLICATE, image_id=existing,
+def _duplicate(prepared: _Prepared, existing_id: int | None) -> ItemOutcome:
+    return ItemOutcome(prepared.item.name, prepared.item.source_ref, ItemOutcome.DUPLICATE, image_id=existing_id,
                        reason="already stored", key=prepared.item.key)
 
 

@@ -7,6 +7,15 @@ from pathlib import Path
 
 from catalog.ingest.pipeline import IngestItem
 
+# What a folder import tries by default. Other files (sidecar .json/.xmp, videos, notes) are
+# counted and left alone rather than reported as failed images.
+IMAGE_SUFFIXES = frozenset({".jpg", ".jpeg", ".jpe", ".png", ".webp", ".gif", ".bmp", ".dib", ".tif", ".tiff",
+                            ".heic", ".heif", ".hif", ".avif", ".mpo"})
+
+
+def looks_like_image(path: Path) -> bool:
+    return path.suffix.lower() in IMAGE_SUFFIXES
+
 
 def folder_files(root: Path, *, recursive: bool) -> list[Path]:
     """Regular files under ``root`` in a stable order, skipping hidden files and folders."""

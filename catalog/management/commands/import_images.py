@@ -4,7 +4,7 @@ from django.core.management.base import BaseCommand, CommandError
 
 from catalog.embedder import EmbedderUnavailable, get_embedder
 from catalog.ingest.pipeline import IngestOptions, ItemOutcome, ingest_items
-from catalog.ingest.sources import folder_files, path_items
+from catalog.ingest.sources import folder_files, looks_like_image, path_items
 from catalog.management.progress import progress_bar
 from catalog.models import Image
 from catalog.vector_search import refresh_planner_statistics
@@ -21,14 +21,22 @@ class Command(BaseCommand):
         parser.add_argument("--city", default="", help="City for every imported image (else taken from GPS).")
         parser.add_argument("--group-key", default="", help="Group key (e.g. product id) for every image.")
         parser.add_argument("--recursive", action="store_true", help="Descend into sub-folders.")
+        parser.add_argument("--all-files", action="store_true",
+                            help="Try every file, not only those with an image file extension.")
         parser.add_argument("--no-progress", action="store_true", help="Do not draw a progress bar.")
 
-    def handle(self, *args, folder: Path, city: str, group_key: str, recursive: bool, no_progress: bool, **options):
+    def handle(self, *args, folder: Path, city: str, group_key: str, recursive: bool, all_files: bool,
+               no_progress: bool, **options):
         if not folder.is_dir():
             raise CommandError(f"{folder} is not a folder.")
         folder = folder.resolve()
         paths = folder_files(folder, recursive=recursive)
-        self.stdout.write(f"Found {len(paths)} file(s) in {folder}.")
+        candidates = paths if all_files else [path for path in paths if looks_like_image(path)]
+        ignored = len(paths) - len(candidates)
+        self.stdout.write(f"Found {len(paths)} file(s) in {folder}"
+                          + (f"; ignoring {ignored} without an image file extension (--all-files tries them)."
+                             if ignored else "."))
+        paths = candidates
         report = import_paths(self, paths, root=folder, source=Image.Source.FOLDER, city=city, group_key=group_key,
                               show_progress=not no_progress)
         if report.failed:
