@@ -151,25 +151,22 @@ class ClipEmbedder:
     def embed_prepared(self, tensors: Sequence) -> np.ndarray:
         """Embed already-prepared image tensors, in batches of CLIP_BATCH_SIZE."""
         self.load()
-        torch = self._torch
-        out = []
-        for start in range(0, len(tensors), self.config.batch_size):
-            batch = torch.stack(list(tensors[start:start + self.config.batch_size])).to(self._device)
-            with torch.inference_mode():
-                out.append(self._normalised(self._model.encode_image(batch)))
-        return np.concatenate(out) if out else np.zeros((0, self.dimensions), dtype=np.float32)
+        return self._in_batches(tensors, lambda batch: self._model.encode_image(
+            self._torch.stack(list(batch)).to(self._device)))
 
     def embed_images(self, images: Sequence["PILImage"]) -> np.ndarray:
         return self.embed_prepared([self.prepare_image(image) for image in images])
 
     def embed_texts(self, texts: Sequence[str]) -> np.ndarray:
         self.load()
-        torch = self._torch
+        return self._in_batches(texts, lambda batch: self._model.encode_text(
+            self._tokenizer(list(batch)).to(self._device)))
+
+    def _in_batches(self, inputs: Sequence, encode) -> np.ndarray:
         out = []
-        for start in range(0, len(texts), self.config.batch_size):
-            tokens = self._tokenizer(list(texts[start:start + self.config.batch_size])).to(self._device)
-            with torch.inference_mode():
-                out.append(self._normalised(self._model.encode_text(tokens)))
+        for start in range(0, len(inputs), self.config.batch_size):
+            with self._torch.inference_mode():
+                out.append(self._normalised(encode(inputs[start:start + self.config.batch_size])))
         return np.concatenate(out) if out else np.zeros((0, self.dimensions), dtype=np.float32)
 
     def embed_text(self, text: str) -> np.ndarray:

@@ -70,23 +70,6 @@ class EmbeddingSpace(models.Model):
 
 
 class ImageQuerySet(models.QuerySet):
-    def in_cities(self, cities):
-        return self.filter(city__in=cities) if cities else self
-
-    def width_between(self, low: int | None, high: int | None):
-        return self._between("width", low, high)
-
-    def height_between(self, low: int | None, high: int | None):
-        return self._between("height", low, high)
-
-    def _between(self, field: str, low, high):
-        qs = self
-        if low is not None:
-            qs = qs.filter(**{f"{field}__gte": low})
-        if high is not None:
-            qs = qs.filter(**{f"{field}__lte": high})
-        return qs
-
     def ids_by_hash(self, hashes) -> dict[str, int]:
         """{sha256: id} of the images among ``hashes`` that are stored already (one query)."""
         return dict(self.filter(sha256__in=list(hashes)).values_list("sha256", "pk"))

@@ -117,10 +117,6 @@ class SearchResults:
     database_ms: float
 
 
-class ImageNotEmbedded(SearchError):
-    pass
-
-
 def images_search(*, params: SearchParams) -> SearchResults:
     started = time.perf_counter()
     embedder = get_embedder()
@@ -160,12 +156,11 @@ def _stored_vector(space: EmbeddingSpace | None, image_id: int):
         vector = Embedding.objects.filter(space=space, image_id=image_id).values_list("vector", flat=True).first()
     if vector is None:
         if not Image.objects.filter(pk=image_id).exists():
-            raise ImageNotEmbedded(f"Image {image_id} does not exist.")
-        raise ImageNotEmbedded(f"Image {image_id} has no embedding for the current model yet.")
+            raise SearchError(f"Image {image_id} does not exist.")
+        raise SearchError(f"Image {image_id} has no embedding for the current model yet.")
     return vector
 
 
-def similar_images(*, image_id: int, top_k: int = 12, filters: ImageFilters | None = None) -> list[SearchHit]:
-    """Nearest neighbours of a stored image (detail page, API ``similar``)."""
-    return images_search(params=SearchParams(similar_to=image_id, top_k=top_k,
-                                             filters=filters or ImageFilters())).hits
+def similar_images(*, image_id: int, top_k: int = 12) -> list[SearchHit]:
+    """Nearest neighbours of a stored image (the detail page)."""
+    return images_search(params=SearchParams(similar_to=image_id, top_k=top_k)).hits

@@ -31,17 +31,20 @@ def decode_base64_image(text: str):
     return decode_query_image(data)
 
 
-def build_search_params(data: dict, *, image=None) -> SearchParams:
-    """``data`` holds cleaned values under the names the form and the serializer share."""
-    filters = ImageFilters(
+def build_filters(data: dict) -> ImageFilters:
+    """``data`` holds cleaned values under the names the form and the serializers share."""
+    return ImageFilters(
         cities=tuple(data.get("cities") or ()),
         min_width=data.get("min_width"), max_width=data.get("max_width"),
         min_height=data.get("min_height"), max_height=data.get("max_height"),
         taken_from=data.get("taken_from"), taken_to=data.get("taken_to"),
         orientation=data.get("orientation") or "",
     )
+
+
+def build_search_params(data: dict, *, image=None) -> SearchParams:
     return SearchParams(
-        text=data.get("q") or "", image=image, similar_to=data.get("similar_to"), filters=filters,
+        text=data.get("q") or "", image=image, similar_to=data.get("similar_to"), filters=build_filters(data),
         top_k=data.get("top_k") or 20, page=data.get("page") or 1, min_score=data.get("min_score"),
         collapse_groups=bool(data.get("collapse")),
     )

@@ -56,3 +56,14 @@ def varied_picture(index: int, size=(64, 48)) -> bytes:
     buffer = io.BytesIO()
     image.save(buffer, format="PNG")
     return buffer.getvalue()
+
+
+def ingest_in_cities(prefix: str, cities: list[str], size=lambda index: (64, 48)):
+    """Ingest one distinct picture per entry of ``cities`` and give each its city."""
+    from catalog.models import Image
+
+    images = ingest_pictures([(f"{prefix}{i}.png", varied_picture(i, size(i))) for i in range(len(cities))])
+    for image, city in zip(images, cities):
+        image.city = city
+    Image.objects.bulk_update(images, ["city"])
+    return images

@@ -2,18 +2,14 @@ import re
 
 import pytest
 
-from tests.conftest import ingest_pictures, varied_picture
+from tests.conftest import ingest_in_cities
 
 pytestmark = pytest.mark.django_db
 
 
 @pytest.fixture
 def stored():
-    images = ingest_pictures([(f"adm{i}.png", varied_picture(i)) for i in range(6)])
-    for i, image in enumerate(images):
-        image.city = "Paris" if i < 2 else "Lima"
-        image.save(update_fields=["city"])
-    return images
+    return ingest_in_cities("adm", ["Paris"] * 2 + ["Lima"] * 4)
 
 
 def listed_ids(response) -> list[int]:

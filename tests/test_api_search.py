@@ -5,7 +5,7 @@ import base64
 import pytest
 from rest_framework.test import APIClient
 
-from tests.conftest import ingest_pictures, make_image_bytes, varied_picture
+from tests.conftest import ingest_in_cities, make_image_bytes, varied_picture
 
 pytestmark = pytest.mark.django_db
 
@@ -17,12 +17,7 @@ def api():
 
 @pytest.fixture
 def stored():
-    images = ingest_pictures([(f"api{i}.png", varied_picture(i, (64, 48) if i % 2 else (40, 80)))
-                              for i in range(12)])
-    for i, image in enumerate(images):
-        image.city = "Paris" if i < 4 else "Lima"
-        image.save(update_fields=["city"])
-    return images
+    return ingest_in_cities("api", ["Paris"] * 4 + ["Lima"] * 8, size=lambda i: (64, 48) if i % 2 else (40, 80))
 
 
 def assert_error(response, status, field=None):

@@ -5,7 +5,7 @@ from pathlib import Path
 
 import pytest
 
-from tests.conftest import ingest_pictures, varied_picture
+from tests.conftest import ingest_in_cities, varied_picture
 
 CHROMIUM = Path("/usr/bin/chromium")
 pytestmark = [
@@ -22,11 +22,7 @@ os.environ.setdefault("DJANGO_ALLOW_ASYNC_UNSAFE", "true")
 
 @pytest.fixture
 def stored():
-    images = ingest_pictures([(f"b{i}.png", varied_picture(i)) for i in range(8)])
-    for i, image in enumerate(images):
-        image.city = "Paris" if i < 3 else "Lima"
-        image.save(update_fields=["city"])
-    return images
+    return ingest_in_cities("b", ["Paris"] * 3 + ["Lima"] * 5)
 
 
 @pytest.fixture

@@ -5,18 +5,14 @@ import re
 import pytest
 from django.core.files.uploadedfile import SimpleUploadedFile
 
-from tests.conftest import ingest_pictures, varied_picture
+from tests.conftest import ingest_in_cities, varied_picture
 
 pytestmark = pytest.mark.django_db
 
 
 @pytest.fixture
 def stored():
-    images = ingest_pictures([(f"page{i}.png", varied_picture(i)) for i in range(8)])
-    for i, image in enumerate(images):
-        image.city = "Hangzhou" if i % 2 else "Paris"
-        image.save(update_fields=["city"])
-    return images
+    return ingest_in_cities("page", ["Paris", "Hangzhou"] * 4)
 
 
 def result_ids(response) -> list[int]:

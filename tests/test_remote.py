@@ -289,7 +289,7 @@ def test_name_fallback(base):
     ],
 )
 def test_name_from_url(url, expected):
-    assert remote._name_from_url(url) == expected
+    assert remote.name_from_url(url) == expected
 
 
 def test_connects_to_vetted_ip_with_original_host_header(server, monkeypatch, loopback_only):

@@ -4,7 +4,7 @@ from rest_framework import serializers
 
 from catalog.models import Image
 from catalog.search import MAX_PAGE, MAX_TOP_K, ORIENTATIONS, SearchError
-from catalog.search_input import build_search_params, decode_base64_image, decode_query_image
+from catalog.search_input import build_filters, build_search_params, decode_base64_image, decode_query_image
 
 
 class ImageFilterSerializer(serializers.Serializer):
@@ -21,14 +21,8 @@ class ImageFilterSerializer(serializers.Serializer):
     orientation = serializers.ChoiceField(choices=ORIENTATIONS, required=False)
 
     def validate(self, attrs):
-        from catalog.search import ImageFilters
-
         try:
-            attrs["filters"] = ImageFilters(
-                cities=tuple(attrs.get("cities") or ()), min_width=attrs.get("min_width"),
-                max_width=attrs.get("max_width"), min_height=attrs.get("min_height"),
-                max_height=attrs.get("max_height"), taken_from=attrs.get("taken_from"),
-                taken_to=attrs.get("taken_to"), orientation=attrs.get("orientation") or "")
+            attrs["filters"] = build_filters(attrs)
         except SearchError as error:
             raise serializers.ValidationError(str(error)) from None
         return attrs

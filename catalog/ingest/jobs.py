@@ -10,12 +10,11 @@ leaves no job behind, and a queued job never lacks its bytes. The work itself is
 from __future__ import annotations
 
 import logging
-import posixpath
 import uuid
 from collections.abc import Iterable, Sequence
 from datetime import timedelta
 from functools import partial
-from urllib.parse import unquote, urlsplit
+from urllib.parse import urlsplit
 
 from django.conf import settings
 from django.core.exceptions import SuspiciousFileOperation
@@ -27,6 +26,7 @@ from django.utils.text import get_valid_filename
 
 from catalog import tasks
 from catalog.ingest.archives import is_archive
+from catalog.ingest.remote import name_from_url
 from catalog.models import ImportItem, ImportJob
 
 logger = logging.getLogger(__name__)
@@ -180,9 +180,7 @@ def job_errors(job: ImportJob, limit: int = MAX_ERRORS_SHOWN) -> list[dict[str, 
 
 def url_name(url: str) -> str:
     """A file name for a URL's image: the last path segment, else the host."""
-    parts = urlsplit(url)
-    name = posixpath.basename(unquote(parts.path)) or parts.hostname or "download"
-    return _display_name(name)
+    return name_from_url(url, fallback=urlsplit(url).hostname or "download")
 
 
 def _older_than(name: str, age: timedelta) -> bool:

@@ -155,7 +155,8 @@ def _parse_url(url: str) -> _Target:
     return _Target(clean_url, scheme, host, port, request_target)
 
 
-def _name_from_url(url: str) -> str:
+def name_from_url(url: str, fallback: str = "download") -> str:
+    """A safe file name for what ``url`` points at: its last path segment, else ``fallback``."""
     path = unquote(urlsplit(url).path)
     name = posixpath.basename(path.replace("\\", "/"))
     name = "".join(c for c in name if c.isprintable() and c not in '/\\:*?"<>|')
@@ -163,7 +164,7 @@ def _name_from_url(url: str) -> str:
     if len(name) > 200:
         stem, dot, ext = name.rpartition(".")
         name = (stem[: 200 - len(ext) - 1] + "." + ext) if dot and len(ext) <= 16 else name[:200]
-    return name or "download"
+    return name or fallback
 
 
 # --------------------------------------------------------------------------
@@ -435,7 +436,7 @@ def fetch_url(url: str, *, policy: FetchPolicy, resolver: Resolver = socket.geta
             data = _read_body(conn, response, target, policy, deadline)
             if not data:
                 raise FetchRejected("empty response body")
-            return FetchedFile(url=target.url, name=_name_from_url(target.url), content_type=content_type, data=data)
+            return FetchedFile(url=target.url, name=name_from_url(target.url), content_type=content_type, data=data)
         except TimeoutError:
             raise FetchRejected(f"timed out fetching from {target.host!r}") from None
         except http.client.IncompleteRead:
