@@ -65,7 +65,7 @@ class ImportUrlsSerializer(ImportMetadataSerializer):
 
     def validate_urls(self, urls):
         try:
-            return jobs.validate_urls(urls)
+            return jobs.check_url_count(urls)  # each URL was checked by ImportUrlField already
         except jobs.ImportRequestError as error:
             raise serializers.ValidationError(str(error)) from None
 

