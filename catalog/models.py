@@ -4,6 +4,9 @@ from __future__ import annotations
 
 import uuid
 
+from datetime import datetime, timezone as dt_timezone
+
+from django.conf import settings
 from django.contrib.postgres.indexes import OpClass
 from django.core.validators import MaxValueValidator, MinValueValidator
 from django.db import connection, models, transaction
@@ -12,6 +15,10 @@ from django.db.models.functions import Cast
 from pgvector.django import HnswIndex, VectorField
 
 SHA256_HEX_LENGTH = 64
+# The instants Python's datetime can hold: a stored value outside them (e.g. year 0 after a +14:00
+# EXIF offset) cannot be read back by the driver and would break every query that returns it.
+TAKEN_AT_MIN = datetime(1, 1, 1, tzinfo=dt_timezone.utc)
+TAKEN_AT_MAX = datetime(9999, 12, 31, 23, 59, 59, tzinfo=dt_timezone.utc)
 
 
 class EmbeddingSpaceQuerySet(models.QuerySet):
@@ -109,6 +116,8 @@ class Image(models.Model):
     created_at = models.DateTimeField(auto_now_add=True, db_index=True)
     status = models.CharField(max_length=16, choices=Status.choices, default=Status.PENDING, db_index=True)
     status_reason = models.TextField(blank=True)
+    added_by = models.ForeignKey(settings.AUTH_USER_MODEL, on_delete=models.SET_NULL, null=True, blank=True,
+                                 related_name="+", help_text="Who imported it (empty: a command-line import).")
 
     objects = ImageQuerySet.as_manager()
 
@@ -124,6 +133,9 @@ class Image(models.Model):
                 name="image_longitude_range"),
             models.CheckConstraint(
                 condition=~Q(status="failed") | ~Q(status_reason=""), name="image_failure_has_reason"),
+            models.CheckConstraint(
+                condition=Q(taken_at__isnull=True) | Q(taken_at__gte=TAKEN_AT_MIN, taken_at__lte=TAKEN_AT_MAX),
+                name="image_taken_at_readable"),
         ]
 
     def __str__(self) -> str:
@@ -199,6 +211,8 @@ class ImportJob(models.Model):
     created_at = models.DateTimeField(auto_now_add=True, db_index=True)
     started_at = models.DateTimeField(null=True, blank=True)
     finished_at = models.DateTimeField(null=True, blank=True)
+    created_by = models.ForeignKey(settings.AUTH_USER_MODEL, on_delete=models.SET_NULL, null=True, blank=True,
+                                   related_name="import_jobs")
 
     objects = ImportJobQuerySet.as_manager()
 

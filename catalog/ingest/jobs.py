@@ -82,10 +82,11 @@ def validate_upload(file: UploadedFile) -> UploadedFile:
 
 
 def create_job(*, files: Iterable[UploadedFile] = (), urls: Iterable[str] = (), city: str = "",
-               group_key: str = "", via: str) -> ImportJob:
+               group_key: str = "", via: str, created_by=None) -> ImportJob:
     """Store the uploads, create the job and its items, and queue the job once committed.
 
     Each file becomes one item: an image, or an archive the worker expands into its members.
+    ``created_by`` (a user, or None for the command line) is recorded on the job and its images.
     Inputs are expected to be validated already (validate_urls / validate_upload)."""
     files, urls = list(files), list(urls)
     if not files and not urls:
@@ -94,8 +95,9 @@ def create_job(*, files: Iterable[UploadedFile] = (), urls: Iterable[str] = (), 
     stored: list[str] = []
     try:
         with transaction.atomic():
-            job = ImportJob.objects.create(id=job_id, created_via=via, city=city.strip()[:120],
-                                           group_key=group_key.strip()[:120], total=len(files) + len(urls))
+            job = ImportJob.objects.create(id=job_id, created_via=via, created_by=created_by,
+                                           city=city.strip()[:120], group_key=group_key.strip()[:120],
+                                           total=len(files) + len(urls))
             items = []
             for index, file in enumerate(files):
                 name = _display_name(file.name or "upload")

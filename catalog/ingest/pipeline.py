@@ -63,6 +63,7 @@ class IngestOptions:
     source: str
     city: str = ""
     group_key: str = ""
+    added_by_id: int | None = None  # the user who started the import, if any
 
 
 @dataclass(frozen=True)
@@ -207,7 +208,8 @@ def _store(prepared: _Prepared, vector, space: EmbeddingSpace, options: IngestOp
                 original_name=prepared.item.name[:255], width=meta.width, height=meta.height,
                 city=city[:120], group_key=options.group_key[:120], taken_at=meta.taken_at,
                 latitude=meta.latitude, longitude=meta.longitude, source=options.source,
-                source_ref=prepared.item.source_ref[:1000], status=Image.Status.EMBEDDED)
+                source_ref=prepared.item.source_ref[:1000], status=Image.Status.EMBEDDED,
+                added_by_id=options.added_by_id)
             Embedding.objects.create(image=image, space=space, vector=vector)
             outcome = ItemOutcome(prepared.item.name, prepared.item.source_ref, ItemOutcome.ADDED,
                                   image_id=image.pk, key=prepared.item.key)

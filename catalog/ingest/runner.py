@@ -164,7 +164,8 @@ def _ingest_pending(job: ImportJob, owner: str, heartbeat: lease.Heartbeat, dead
     def ingest(items: Iterator[IngestItem], source: str) -> None:
         if time.monotonic() < deadline or not record.count:
             ingest_items(_until(deadline, items),
-                         options=IngestOptions(source=source, city=job.city, group_key=job.group_key),
+                         options=IngestOptions(source=source, city=job.city, group_key=job.group_key,
+                                               added_by_id=job.created_by_id),
                          on_outcome=record)
 
     pending = job.items.pending()
