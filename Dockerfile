@@ -15,4 +15,11 @@ RUN IMAGESEARCH_SECRET_KEY=build DATABASE_URL=postgres://build@localhost/build \
     python manage.py collectstatic --no-input -v0
 
 EXPOSE 8000
-CMD ["gunicorn", "imagesearch.wsgi", "--bind", "0.0.0.0:8000", "--workers", "1", "--threads", "8", "--timeout", "120"]
+# uvicorn in front of Django's ASGI handler: slow clients hold a coroutine, not a thread. One
+# process (one copy of the CLIP model); put nginx in front in production (README "Production").
+# X-Forwarded-* are read by Django alone (IMAGESEARCH_PROXY_COUNT), not rewritten by uvicorn.
+CMD ["python", "-m", "uvicorn", "imagesearch.asgi:application", "--host", "0.0.0.0", "--port", "8000", \
+     "--lifespan", "off", "--ws", "none", "--timeout-graceful-shutdown", "20", "--no-proxy-headers"]
+# Liveness: the process answers. (Readiness, database + model, is /readyz: see docker-compose.yml.)
+HEALTHCHECK --interval=15s --timeout=5s --start-period=30s --retries=3 \
+  CMD ["python", "-c", "import urllib.request; urllib.request.urlopen('http://127.0.0.1:8000/healthz', timeout=4)"]

@@ -15,7 +15,7 @@ ADMIN_SEMANTIC_TOP_K = 100
 @admin.register(Image)
 class ImageAdmin(admin.ModelAdmin):
     list_display = ["preview", "original_name", "city", "width", "height", "taken_at", "status", "source",
-                    "created_at"]
+                    "added_by", "created_at"]
     list_display_links = ["preview", "original_name"]
     list_filter = ["status", "source", "city"]
     search_fields = ["original_name", "=sha256", "group_key"]
@@ -23,10 +23,11 @@ class ImageAdmin(admin.ModelAdmin):
                         f'(e.g. "{SEMANTIC_PREFIX} red car at night"), best matches first.')
     # Files are content-addressed and written by the import pipeline only (Import jobs → Add).
     readonly_fields = ["preview_large", "file", "thumbnail", "sha256", "width", "height", "taken_at", "latitude",
-                       "longitude", "source", "source_ref", "created_at", "status", "status_reason"]
+                       "longitude", "source", "source_ref", "added_by", "created_at", "status", "status_reason"]
     fields = ["preview_large", "original_name", "city", "group_key", "file", "thumbnail", "sha256", "width",
-              "height", "taken_at", "latitude", "longitude", "source", "source_ref", "created_at", "status",
-              "status_reason"]
+              "height", "taken_at", "latitude", "longitude", "source", "source_ref", "added_by", "created_at",
+              "status", "status_reason"]
+    list_select_related = ["added_by"]
     date_hierarchy = "created_at"
     list_per_page = 50
 
@@ -92,14 +93,20 @@ class EmbeddingAdmin(admin.ModelAdmin):
     def has_add_permission(self, request):
         return False
 
+    def has_delete_permission(self, request, obj=None):
+        # Vectors are derived from their image: whoever may delete images may delete them with it.
+        return request.user.has_perm("catalog.delete_image")
+
 
 # --- Import jobs ----------------------------------------------------------------------------------
 from django.contrib import messages  # noqa: E402
+from django.core.exceptions import PermissionDenied  # noqa: E402
 from django.shortcuts import redirect  # noqa: E402
 from django.template.response import TemplateResponse  # noqa: E402
 from django.urls import reverse  # noqa: E402
 from django.utils.html import format_html_join  # noqa: E402
 
+from catalog.accounts.access import RETRY_PERMISSION  # noqa: E402
 from catalog.ingest import jobs as import_jobs  # noqa: E402
 from catalog.models import ImportJob  # noqa: E402
 
@@ -110,14 +117,15 @@ ADMIN_ERRORS_SHOWN = 200
 class ImportJobAdmin(admin.ModelAdmin):
     """Lists import jobs; "add" uploads files or URLs into a new job (run by the background worker)."""
 
-    list_display = ["created_at", "state", "progress", "added", "duplicates", "failed", "created_via", "city",
-                    "group_key", "finished_at"]
+    list_display = ["created_at", "state", "progress", "added", "duplicates", "failed", "created_via", "created_by",
+                    "city", "group_key", "finished_at"]
+    list_select_related = ["created_by"]
     list_display_links = ["created_at"]
     list_filter = ["state", "created_via"]
     search_fields = ["=id", "city", "group_key"]
     date_hierarchy = "created_at"
     readonly_fields = ["id", "state", "page_link", "progress", "total", "added", "duplicates", "failed", "error",
-                       "item_errors", "city", "group_key", "created_via", "attempts", "lease_owner",
+                       "item_errors", "city", "group_key", "created_via", "created_by", "attempts", "lease_owner",
                        "lease_expires_at", "created_at", "started_at", "finished_at"]
     fields = readonly_fields
     actions = ["retry"]
@@ -139,13 +147,16 @@ class ImportJobAdmin(admin.ModelAdmin):
         return format_html("<ul>{}</ul>", format_html_join(
             "", "<li>{} ({}): {}</li>", ((e["item"], e["source"], e["message"]) for e in errors)))
 
-    @admin.action(description="Retry selected failed imports")
+    @admin.action(description="Retry selected failed imports", permissions=["retry"])
     def retry(self, request, queryset):
         retried = sum(import_jobs.retry_job(job_id) for job_id in queryset.values_list("pk", flat=True))
         self.message_user(request, f"{retried} import(s) queued again.")
 
     def has_change_permission(self, request, obj=None):
         return False  # jobs are changed by their worker only
+
+    def has_retry_permission(self, request) -> bool:
+        return request.user.has_perm(RETRY_PERMISSION)
 
     def has_delete_permission(self, request, obj=None):
         # A running job's worker would stop mid-way; let it finish first.
@@ -155,12 +166,41 @@ class ImportJobAdmin(admin.ModelAdmin):
         from catalog.views.imports import ImportForm
 
         if not self.has_add_permission(request):
-            return redirect("admin:index")
+            raise PermissionDenied
         form = ImportForm(request.POST, request.FILES) if request.method == "POST" else ImportForm()
         if request.method == "POST" and form.is_valid():
-            job = form.create_job(ImportJob.Via.ADMIN)
+            job = form.create_job(ImportJob.Via.ADMIN, created_by=request.user)
             self.message_user(request, "Import queued; the background worker is processing it.", messages.SUCCESS)
             return redirect("admin:catalog_importjob_change", job.pk)
         context = {**self.admin_site.each_context(request), "title": "Start an import", "form": form,
                    "opts": self.model._meta, **(extra_context or {})}
         return TemplateResponse(request, "catalog/imports/admin_add.html", context)
+
+
+# --- API tokens -----------------------------------------------------------------------------------
+from knox.admin import AuthTokenAdmin  # noqa: E402
+from knox.models import AuthToken  # noqa: E402
+
+admin.site.unregister(AuthToken)
+
+
+@admin.register(AuthToken)
+class ApiTokenAdmin(AuthTokenAdmin):
+    """knox's admin (its add form makes a token and shows it once), listing prefixes, never digests."""
+
+    list_display = ["token_key", "user", "created", "expiry"]
+    list_select_related = ["user"]
+    search_fields = ["token_key", "user__username"]
+    readonly_fields = ["token_key", "user", "created", "expiry"]
+
+    def get_fields(self, request, obj=None):
+        return ["user", "expiry"] if obj is None else self.readonly_fields
+
+    def get_readonly_fields(self, request, obj=None):
+        return [] if obj is None else self.readonly_fields
+
+    def save_model(self, request, obj, form, change):
+        super(AuthTokenAdmin, self).save_model(request, obj, form, change)
+        if not change:
+            self.message_user(request, f"New API token for {obj.user} (copy it now, it is not shown again): "
+                                       f"{form.token}", messages.WARNING)

@@ -131,6 +131,9 @@ class ClipEmbedder:
                               and model.text_projection is not None else self._probe_dimensions())
         image_size = model.visual.image_size
         self.input_size = int(image_size[0] if isinstance(image_size, (tuple, list)) else image_size)
+        cfg = open_clip.get_model_preprocess_cfg(model) if hasattr(open_clip, "get_model_preprocess_cfg") else {}
+        self._resize_mode = cfg.get("resize_mode", "shortest")
+        self._resample = _RESAMPLE.get(cfg.get("interpolation", "bicubic"), "BICUBIC")
         logger.info("CLIP model %s loaded on %s (%d-d)", self.config.space_name, device, self.dimensions)
 
     def _probe_dimensions(self) -> int:
@@ -146,7 +149,31 @@ class ClipEmbedder:
         """Turn one RGB PIL image into the model's input tensor. Thread-safe; run it
         in decode workers so preprocessing overlaps with embedding."""
         self.load()
-        return self._preprocess(image)
+        return self._preprocess(self._fit_input(image))
+
+    def _fit_input(self, image: "PILImage") -> "PILImage":
+        """The model's centre crop, cut from ``image`` and resized in one step.
+
+        open_clip's "shortest" preprocessing resizes the shorter side to the input size and
+        then crops: a 20000x1 image becomes a 4,480,000x224 intermediate (GBs). Resizing only
+        the source box that the crop keeps gives the same pixels (same scale and filter) while
+        nothing larger than the model input is ever made. Other modes are already bounded."""
+        if self._resize_mode != "shortest":
+            return image
+        from PIL import Image
+
+        size = self.input_size
+        w, h = image.size
+        if (w, h) == (size, size):
+            return image
+        # torchvision Resize(size) + CenterCrop(size), in the resized image's coordinates.
+        short, long = (w, h) if w <= h else (h, w)
+        new_long = int(size * long / short)
+        new_w, new_h = (size, new_long) if w <= h else (new_long, size)
+        left, top = int(round((new_w - size) / 2.0)), int(round((new_h - size) / 2.0))
+        sx, sy = new_w / w, new_h / h
+        box = (left / sx, top / sy, (left + size) / sx, (top + size) / sy)
+        return image.resize((size, size), getattr(Image.Resampling, self._resample), box=box)
 
     def embed_prepared(self, tensors: Sequence) -> np.ndarray:
         """Embed already-prepared image tensors, in batches of CLIP_BATCH_SIZE."""
@@ -177,6 +204,8 @@ class ClipEmbedder:
         features = features / features.norm(dim=-1, keepdim=True).clamp_min(1e-12)
         return features.cpu().numpy().astype(np.float32)
 
+
+_RESAMPLE = {"bicubic": "BICUBIC", "bilinear": "BILINEAR", "nearest": "NEAREST", "lanczos": "LANCZOS"}
 
 _embedder: ClipEmbedder | None = None
 _embedder_lock = threading.Lock()

@@ -24,6 +24,11 @@ class CitiesField(forms.MultipleChoiceField):
     def valid_value(self, value) -> bool:
         return True
 
+    def validate(self, value):
+        super().validate(value)
+        if any("\x00" in city for city in value):  # PostgreSQL text cannot hold NUL: refuse it here
+            raise forms.ValidationError("Null characters are not allowed.", code="null_characters_not_allowed")
+
 
 class SearchForm(forms.Form):
     q = forms.CharField(label="Describe the picture", required=False, max_length=500,
@@ -31,13 +36,13 @@ class SearchForm(forms.Form):
                                                       "autofocus": True}))
     image = forms.FileField(label="…or search by an example picture", required=False,
                             widget=forms.ClearableFileInput(attrs={"accept": "image/*"}))
-    similar_to = forms.IntegerField(required=False, min_value=1, widget=forms.HiddenInput)
+    similar_to = forms.IntegerField(required=False, min_value=1, max_value=2**63 - 1, widget=forms.HiddenInput)
     cities = CitiesField(label="City", required=False,
                                        widget=forms.SelectMultiple(attrs={"size": 4}))
-    min_width = forms.IntegerField(label="Width from", required=False, min_value=1)
-    max_width = forms.IntegerField(label="to", required=False, min_value=1)
-    min_height = forms.IntegerField(label="Height from", required=False, min_value=1)
-    max_height = forms.IntegerField(label="to", required=False, min_value=1)
+    min_width = forms.IntegerField(label="Width from", required=False, min_value=1, max_value=2**31 - 1)
+    max_width = forms.IntegerField(label="to", required=False, min_value=1, max_value=2**31 - 1)
+    min_height = forms.IntegerField(label="Height from", required=False, min_value=1, max_value=2**31 - 1)
+    max_height = forms.IntegerField(label="to", required=False, min_value=1, max_value=2**31 - 1)
     taken_from = forms.DateField(label="Taken from", required=False, widget=forms.DateInput(attrs={"type": "date"}))
     taken_to = forms.DateField(label="to", required=False, widget=forms.DateInput(attrs={"type": "date"}))
     orientation = forms.ChoiceField(required=False, choices=[("", "Any")] + [(o, o.title()) for o in ORIENTATIONS])

@@ -43,6 +43,15 @@ SUPPORTED_FORMATS: tuple[str, ...] = tuple(
     for f in ("JPEG", "MPO", "PNG", "WEBP", "GIF", "BMP", "TIFF", "HEIF", "AVIF")
     if f in Image.OPEN
 )
+# decode_image checks its caller's max_pixels against the header of every image before any pixel
+# is decoded; Pillow's own, fixed bomb limit would otherwise refuse (or warn) first, quoting a
+# number that is not the configured one.
+Image.MAX_IMAGE_PIXELS = None
+
+# taken_at must be an instant PostgreSQL's driver can read back (years 1..9999 in UTC); the same
+# bounds as catalog.models.TAKEN_AT_MIN/MAX, repeated here because this module is Django-free.
+TAKEN_AT_MIN = datetime(1, 1, 1, tzinfo=timezone.utc)
+TAKEN_AT_MAX = datetime(9999, 12, 31, 23, 59, 59, tzinfo=timezone.utc)
 
 _HIGH_DEPTH_MODES = frozenset({"I;16", "I;16L", "I;16B", "I;16N", "I", "F"})
 _ALPHA_MODES = frozenset({"RGBA", "RGBa", "LA", "La", "PA"})
@@ -95,6 +104,7 @@ def decode_image(
     *,
     max_pixels: int,
     min_side: int | None = None,
+    max_aspect_ratio: float | None = None,
 ) -> DecodedImage:
     """Fully decode ``source`` or raise ``ImageRejected``.
 
@@ -102,15 +112,18 @@ def decode_image(
     data is decoded. With ``min_side`` the returned image may be scaled down
     (JPEG/HEIF draft decoding, then integer reduction) but its shorter side
     stays >= ``min_side``; metadata always reports the full dimensions.
+    ``max_aspect_ratio`` (long side / short side) is checked on the header too.
     """
     if max_pixels <= 0:
         raise ValueError("max_pixels must be positive")
     if min_side is not None and min_side <= 0:
         raise ValueError("min_side must be positive")
+    if max_aspect_ratio is not None and max_aspect_ratio < 1:
+        raise ValueError("max_aspect_ratio must be >= 1")
 
     fp, owned = _open_source(source)
     try:
-        return _decode(fp, max_pixels, min_side)
+        return _decode(fp, max_pixels, min_side, max_aspect_ratio)
     finally:
         if owned:
             fp.close()
@@ -165,13 +178,13 @@ def _open_source(source) -> tuple[BinaryIO, bool]:
     return source, False
 
 
-def _decode(fp: BinaryIO, max_pixels: int, min_side: int | None) -> DecodedImage:
+def _decode(fp: BinaryIO, max_pixels: int, min_side: int | None, max_aspect_ratio: float | None) -> DecodedImage:
     try:
         img = Image.open(fp, formats=SUPPORTED_FORMATS)  # parses the header only
     except UnidentifiedImageError:
         raise ImageRejected("not an image (unrecognised format)") from None
     except (Image.DecompressionBombError, Image.DecompressionBombWarning) as exc:
-        raise _bomb_rejection(exc) from None
+        raise _bomb_rejection(exc, max_pixels) from None
     except Exception:
         raise ImageRejected("truncated or corrupt image") from None
 
@@ -184,6 +197,8 @@ def _decode(fp: BinaryIO, max_pixels: int, min_side: int | None) -> DecodedImage
             raise ImageRejected(
                 f"image too large: {width * height} pixels (limit {max_pixels})"
             )
+        if max_aspect_ratio is not None and max(width, height) > max_aspect_ratio * min(width, height):
+            raise ImageRejected(f"aspect ratio {width}:{height} exceeds limit {max_aspect_ratio:g}")
         # MPO (multi-picture, common from cameras/phones) is a JPEG whose
         # primary image is plain baseline JPEG: report it as such.
         fmt = "JPEG" if img.format == "MPO" else (img.format or "UNKNOWN")
@@ -195,16 +210,16 @@ def _decode(fp: BinaryIO, max_pixels: int, min_side: int | None) -> DecodedImage
             img.load()  # full decode: truncation is only detected here
             # EXIF after load: PNG may keep it after IDAT; fp is still ours.
             exif = _safe_exif(img)
-            rgb = _to_rgb(img)
+            # Reduce before converting, so no full-size copy is made beside the decoded source.
+            rgb = _reduce_to_rgb(img, min_side) if min_side else _to_rgb(img)
         except ImageRejected:
             raise
         except (Image.DecompressionBombError, Image.DecompressionBombWarning) as exc:
-            raise _bomb_rejection(exc) from None
+            raise _bomb_rejection(exc, max_pixels) from None
+        except MemoryError:
+            raise ImageRejected("image too large to decode in the memory available") from None
         except Exception:  # decoders raise OSError, SyntaxError, ValueError, ...
             raise ImageRejected("truncated or corrupt image") from None
-
-    if min_side:
-        rgb = _reduce(rgb, min_side)
 
     orientation = exif.get(_TAG_ORIENTATION) if exif is not None else None
     transpose = _TRANSPOSE.get(orientation) if isinstance(orientation, int) else None
@@ -225,11 +240,12 @@ def _decode(fp: BinaryIO, max_pixels: int, min_side: int | None) -> DecodedImage
     return DecodedImage(metadata=metadata, image=rgb)
 
 
-def _bomb_rejection(exc: Exception) -> ImageRejected:
+def _bomb_rejection(exc: Exception, max_pixels: int) -> ImageRejected:
+    # Only if someone re-enabled Pillow's limit: still quote ours, never Pillow's.
     m = _BOMB_RE.search(str(exc))
     if m:
-        return ImageRejected(f"image too large: {m[1]} pixels (limit {m[2]})")
-    return ImageRejected("image too large")
+        return ImageRejected(f"image too large: {m[1]} pixels (limit {max_pixels})")
+    return ImageRejected(f"image too large (limit {max_pixels} pixels)")
 
 
 def _to_rgb(im: Image.Image) -> Image.Image:
@@ -252,20 +268,32 @@ def _to_8bit(im: Image.Image) -> Image.Image:
     a = np.asarray(im, dtype=np.float32)
     a = np.nan_to_num(a, nan=0.0, posinf=0.0, neginf=0.0)
     lo, hi = (float(a.min()), float(a.max())) if a.size else (0.0, 0.0)
-    if lo >= 0 and hi <= 255:
+    if im.mode == "F" and lo >= 0 and hi <= 1:
+        a *= 255  # float images are usually normalised to 0..1
+    elif lo >= 0 and hi <= 255:
         pass
     elif lo >= 0 and hi <= 65535:
         a *= 1 / 257
     else:
         a -= lo
-        a *= 255 / (hi - lo)
+        a *= 255 / (hi - lo) if hi > lo else 0.0  # flat: no range to stretch
     return Image.fromarray(np.clip(a + 0.5, 0, 255).astype(np.uint8), "L")
 
 
-def _reduce(im: Image.Image, min_side: int) -> Image.Image:
+# Modes Image.reduce averages correctly (not palette indices, not bilevel, not I;16*).
+_REDUCIBLE_MODES = frozenset({"L", "LA", "RGB", "RGBA", "CMYK", "YCbCr", "I", "F"})
+
+
+def _reduce_to_rgb(im: Image.Image, min_side: int) -> Image.Image:
     # Integer box reduction: cheap, and floor(short / factor) >= min_side.
     factor = min(im.size) // min_side
-    return im.reduce(factor) if factor >= 2 else im
+    if factor < 2:
+        return _to_rgb(im)
+    if im.mode.startswith("I;16"):
+        im = im.convert("I")  # same values, in a mode reduce() handles
+    if im.mode in _REDUCIBLE_MODES and "transparency" not in im.info:
+        return _to_rgb(im.reduce(factor))
+    return _to_rgb(im).reduce(factor)
 
 
 # --------------------------------------------------------------------------
@@ -296,8 +324,18 @@ def _taken_at(exif: Image.Exif | None) -> datetime | None:
     ):
         dt = _parse_exif_datetime(value)
         if dt is not None:
-            return dt.replace(tzinfo=_parse_offset(offset) or timezone.utc)
+            return _readable_instant(dt.replace(tzinfo=_parse_offset(offset) or timezone.utc))
     return None
+
+
+def _readable_instant(dt: datetime) -> datetime | None:
+    # "0001:01:01 00:00:00" at +14:00 is a BC instant in UTC: PostgreSQL stores it, the driver
+    # cannot read it back. Such a date is useless anyway, so it is dropped.
+    try:
+        utc = dt.astimezone(timezone.utc)
+    except OverflowError:
+        return None
+    return dt if TAKEN_AT_MIN <= utc <= TAKEN_AT_MAX else None
 
 
 def _text(value) -> str | None:

@@ -31,6 +31,10 @@ class SearchError(ValueError):
     """Bad search input; the message is meant for the user."""
 
 
+class ImageNotFound(SearchError):
+    """The image named by ``similar_to`` does not exist (a 404 wherever an image is missing)."""
+
+
 @dataclass(frozen=True)
 class ImageFilters:
     """Metadata filters. In a search they apply inside the vector query, never after it."""
@@ -66,7 +70,7 @@ class ImageFilters:
                 result &= q(lookup, value)
         if self.taken_from is not None:
             result &= q("taken_at__gte", datetime.combine(self.taken_from, dtime.min, tzinfo=timezone.utc))
-        if self.taken_to is not None:
+        if self.taken_to is not None and self.taken_to < date.max:  # the last day has no day after: no bound
             day_after = datetime.combine(self.taken_to + timedelta(days=1), dtime.min, tzinfo=timezone.utc)
             result &= q("taken_at__lt", day_after)
         if self.orientation == "landscape":
@@ -156,7 +160,7 @@ def _stored_vector(space: EmbeddingSpace | None, image_id: int):
         vector = Embedding.objects.filter(space=space, image_id=image_id).values_list("vector", flat=True).first()
     if vector is None:
         if not Image.objects.filter(pk=image_id).exists():
-            raise SearchError(f"Image {image_id} does not exist.")
+            raise ImageNotFound(f"Image {image_id} does not exist.")
         raise SearchError(f"Image {image_id} has no embedding for the current model yet.")
     return vector
 

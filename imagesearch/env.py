@@ -19,6 +19,7 @@ T = TypeVar("T")
 
 _TRUE = {"1", "true", "yes", "on"}
 _FALSE = {"0", "false", "no", "off"}
+_PERIODS = ("s", "sec", "second", "m", "min", "minute", "h", "hour", "d", "day")
 
 
 class Env:
@@ -85,6 +86,16 @@ class Env:
     def list(self, name: str, default: list[str]) -> list[str]:
         return self._parse(name, default, lambda raw: [p.strip() for p in raw.split(",") if p.strip()],
                            "a comma-separated list")
+
+    def rate(self, name: str, default: str) -> str:
+        """A request rate as DRF's throttles read it: ``<count>/<s|sec|min|hour|day>``."""
+        def parse(raw: str) -> str:
+            count, _, period = raw.partition("/")
+            if not count.isdigit() or int(count) < 1 or period not in _PERIODS:
+                raise ValueError(raw)
+            return raw
+
+        return self._parse(name, default, parse, "a rate like 60/min (periods: " + ", ".join(_PERIODS) + ")")
 
     def path(self, name: str, default: Path | None) -> Path | None:
         return self._parse(name, default, lambda raw: Path(raw).expanduser().resolve(), "a path")

@@ -1,8 +1,11 @@
 """Settings for imagesearch. Every knob comes from an environment variable,
 parsed strictly (see imagesearch/env.py and the table in README.md)."""
 
+from datetime import timedelta
 from pathlib import Path
 import secrets
+
+from csp.constants import NONCE as CSP_NONCE
 
 from django.core.exceptions import ImproperlyConfigured
 
@@ -43,6 +46,10 @@ INSTALLED_APPS = [
     "whitenoise.runserver_nostatic",
     "django.contrib.staticfiles",
     "rest_framework",
+    "knox",
+    "axes",
+    "corsheaders",
+    "csp",
     "drf_spectacular",
     "drf_spectacular_sidecar",
     "django_tasks",
@@ -52,17 +59,26 @@ INSTALLED_APPS = [
 
 MIDDLEWARE = [
     "django.middleware.security.SecurityMiddleware",
+    # Over-long URLs, NUL in query strings; every error under /api/ in the JSON error shape.
+    "catalog.request_input.RequestInputMiddleware",
+    # Database down or restarting: 503 (JSON under /api/) instead of 500, see imagesearch/middleware.py.
+    "imagesearch.middleware.DatabaseUnavailableMiddleware",
+    "csp.middleware.CSPMiddleware",
     "whitenoise.middleware.WhiteNoiseMiddleware",
     "django.contrib.sessions.middleware.SessionMiddleware",
+    "corsheaders.middleware.CorsMiddleware",
     "django.middleware.common.CommonMiddleware",
     "django.middleware.csrf.CsrfViewMiddleware",
     "django.contrib.auth.middleware.AuthenticationMiddleware",
     "django.contrib.messages.middleware.MessageMiddleware",
     "django.middleware.clickjacking.XFrameOptionsMiddleware",
+    # Last: turns django-axes' lockout flag into a 429 (catalog.accounts.lockout).
+    "axes.middleware.AxesMiddleware",
 ]
 
 ROOT_URLCONF = "imagesearch.urls"
 WSGI_APPLICATION = "imagesearch.wsgi.application"
+ASGI_APPLICATION = "imagesearch.asgi.application"  # what bin/serve runs (uvicorn)
 
 TEMPLATES = [
     {
@@ -123,6 +139,10 @@ STORAGES = {
 # web server or a bucket in front for heavy traffic).
 SERVE_MEDIA = env.bool("IMAGESEARCH_SERVE_MEDIA", True)
 FILE_UPLOAD_MAX_MEMORY_SIZE = 10 * 1024 * 1024
+# First: refuses an upload once a file passes IMAGESEARCH_MAX_UPLOAD_BYTES, while it is received.
+FILE_UPLOAD_HANDLERS = ["catalog.uploads.LimitedUploadHandler",
+                        "django.core.files.uploadhandler.MemoryFileUploadHandler",
+                        "django.core.files.uploadhandler.TemporaryFileUploadHandler"]
 DATA_UPLOAD_MAX_MEMORY_SIZE = env.int("IMAGESEARCH_MAX_REQUEST_BYTES", 60 * 1024 * 1024, minimum=1024)
 
 # --- CLIP embedder ----------------------------------------------------------
@@ -138,6 +158,9 @@ if CLIP_RANDOM_INIT and CLIP_WEIGHTS_FILE:
 
 # --- Ingestion --------------------------------------------------------------
 IMAGE_MAX_PIXELS = env.int("IMAGESEARCH_MAX_PIXELS", 100_000_000, minimum=1)
+# Longest side / shortest side. Phone panoramas reach ~8:1, banners and receipts ~15:1; beyond
+# 20:1 the model's centre square shows under 5% of the picture, so its vector says little.
+IMAGE_MAX_ASPECT_RATIO = env.float("IMAGESEARCH_MAX_ASPECT_RATIO", 20.0, minimum=1.0)
 THUMBNAIL_MAX_SIDE = env.int("IMAGESEARCH_THUMBNAIL_SIZE", 320, minimum=16, maximum=2048)
 # Threads that read, decode and resize while the model embeds the previous batch.
 INGEST_DECODE_WORKERS = env.int("IMAGESEARCH_DECODE_WORKERS", 2, minimum=1, maximum=64)
@@ -169,12 +192,98 @@ TASKS = {
     }
 }
 
+# --- Accounts, access and security ------------------------------------------------
+# Reading (search pages and API, image list/detail/similar, media files) is open to anyone only
+# when this is on; otherwise it needs a login (session or API token). Writing always needs a
+# login with the matching Django permission (catalog.accounts.access).
+PUBLIC_READ = env.bool("IMAGESEARCH_PUBLIC_READ", False)
+LOGIN_URL = "login"
+LOGIN_REDIRECT_URL = "/"
+LOGOUT_REDIRECT_URL = "/"
+# django-axes first: it refuses locked-out username+IP pairs before the password is checked.
+AUTHENTICATION_BACKENDS = ["axes.backends.AxesStandaloneBackend", "django.contrib.auth.backends.ModelBackend"]
+AXES_FAILURE_LIMIT = env.int("IMAGESEARCH_LOGIN_FAILURE_LIMIT", 5, minimum=1)
+AXES_COOLOFF_TIME = timedelta(minutes=env.int("IMAGESEARCH_LOGIN_COOLOFF_MINUTES", 15, minimum=1))
+AXES_LOCKOUT_PARAMETERS = [["username", "ip_address"]]
+AXES_RESET_ON_SUCCESS = True
+AXES_LOCKOUT_CALLABLE = "catalog.accounts.lockout.lockout_response"
+AXES_CLIENT_IP_CALLABLE = "catalog.accounts.throttling.client_ip"
+AXES_VERBOSE = False
+# Reverse proxies in front of the service: the client address is taken from X-Forwarded-For,
+# this many entries from the right; 0 = use the connection's address (X-Forwarded-For ignored).
+PROXY_COUNT = env.int("IMAGESEARCH_PROXY_COUNT", 0, minimum=0, maximum=10)
+
+# API tokens (django-rest-knox): stored hashed, shown once; "Authorization: Bearer <token>".
+TOKEN_TTL_DAYS = env.int("IMAGESEARCH_TOKEN_TTL_DAYS", 30, minimum=0)  # 0: tokens never expire
+REST_KNOX = {
+    "AUTH_HEADER_PREFIX": "Bearer",
+    "TOKEN_TTL": timedelta(days=TOKEN_TTL_DAYS) if TOKEN_TTL_DAYS else None,
+    "AUTO_REFRESH": False,
+}
+
+# Throttles count in the database cache, so every web process on every machine shares them
+# (the table is created by migration catalog 0005).
+CACHES = {
+    "default": {"BACKEND": "django.core.cache.backends.locmem.LocMemCache"},  # small per-process lookups
+    "shared": {"BACKEND": "django.core.cache.backends.db.DatabaseCache", "LOCATION": "imagesearch_cache"},
+}
+THROTTLE_RATES = {
+    "search": env.rate("IMAGESEARCH_THROTTLE_SEARCH", "120/min"),
+    "upload": env.rate("IMAGESEARCH_THROTTLE_UPLOAD", "30/min"),
+    "login": env.rate("IMAGESEARCH_THROTTLE_LOGIN", "10/min"),
+}
+
+# Browser clients on other origins (API only); none by default.
+CORS_ALLOWED_ORIGINS = env.list("IMAGESEARCH_CORS_ALLOWED_ORIGINS", [])
+CORS_URLS_REGEX = r"^/api/.*$"
+CORS_ALLOW_CREDENTIALS = False  # cross-origin clients use bearer tokens, not the session cookie
+
+# Content-Security-Policy: only this site's own scripts (inline ones need the request's nonce).
+# Inline styles stay allowed: the admin and Swagger UI use style attributes; styles cannot run code.
+_CSP_IMG_SRC = ["'self'", "data:", "blob:", *env.list("IMAGESEARCH_CSP_IMG_SRC", [])]
+CONTENT_SECURITY_POLICY = {
+    "DIRECTIVES": {
+        "default-src": ["'self'"],
+        "script-src": ["'self'", CSP_NONCE],
+        "style-src": ["'self'", "'unsafe-inline'"],
+        "img-src": _CSP_IMG_SRC,
+        "connect-src": ["'self'"],
+        "object-src": ["'none'"],
+        "base-uri": ["'self'"],
+        "form-action": ["'self'"],
+        "frame-ancestors": ["'none'"],
+    },
+}
+
+# One switch for a public deployment behind a TLS-terminating proxy.
+PRODUCTION = env.bool("IMAGESEARCH_PRODUCTION", False)
+if PRODUCTION:
+    if DEBUG:
+        raise ImproperlyConfigured("IMAGESEARCH_DEBUG must be off when IMAGESEARCH_PRODUCTION is on.")
+    SESSION_COOKIE_SECURE = True
+    CSRF_COOKIE_SECURE = True
+    SECURE_SSL_REDIRECT = env.bool("IMAGESEARCH_SSL_REDIRECT", True)
+    SECURE_PROXY_SSL_HEADER = ("HTTP_X_FORWARDED_PROTO", "https")
+    SECURE_HSTS_SECONDS = env.int("IMAGESEARCH_HSTS_SECONDS", 31_536_000, minimum=0)
+    SECURE_HSTS_INCLUDE_SUBDOMAINS = env.bool("IMAGESEARCH_HSTS_INCLUDE_SUBDOMAINS", True)
+    SECURE_HSTS_PRELOAD = env.bool("IMAGESEARCH_HSTS_PRELOAD", False)
+    if not SECURE_HSTS_PRELOAD:
+        # Preloading commits the domain to HTTPS in browsers for good: the operator's choice, not a default.
+        SILENCED_SYSTEM_CHECKS = ["security.W021"]
+
 # --- API --------------------------------------------------------------------
 REST_FRAMEWORK = {
-    "DEFAULT_SCHEMA_CLASS": "drf_spectacular.openapi.AutoSchema",
+    # Adds each operation's error responses in the one error shape (catalog/api/schema.py).
+    "DEFAULT_SCHEMA_CLASS": "catalog.api.schema.ApiAutoSchema",
     "EXCEPTION_HANDLER": "catalog.api.errors.api_exception_handler",
-    "DEFAULT_AUTHENTICATION_CLASSES": ["rest_framework.authentication.SessionAuthentication"],
-    "DEFAULT_PERMISSION_CLASSES": ["rest_framework.permissions.AllowAny"],
+    # DRF's, bounded like Django's forms (IMAGESEARCH_MAX_REQUEST_BYTES); nested JSON is a 400.
+    "DEFAULT_PARSER_CLASSES": ["catalog.api.parsers.JSONParser", "catalog.api.parsers.MultiPartParser",
+                               "catalog.api.parsers.FormParser"],
+    # Token first: an anonymous request then gets 401 with "WWW-Authenticate: Bearer".
+    "DEFAULT_AUTHENTICATION_CLASSES": ["knox.auth.TokenAuthentication",
+                                       "rest_framework.authentication.SessionAuthentication"],
+    "DEFAULT_PERMISSION_CLASSES": ["catalog.accounts.permissions.CanRead"],
+    "NUM_PROXIES": PROXY_COUNT,
     "DEFAULT_RENDERER_CLASSES": ["rest_framework.renderers.JSONRenderer",
                                  "rest_framework.renderers.BrowsableAPIRenderer"],
 }

@@ -67,3 +67,37 @@ def ingest_in_cities(prefix: str, cities: list[str], size=lambda index: (64, 48)
         image.city = city
     Image.objects.bulk_update(images, ["city"])
     return images
+
+
+# --- Accounts -------------------------------------------------------------------------------------
+
+WRITER_PERMISSIONS = ("add_importjob", "change_importjob", "view_importjob", "change_image", "delete_image")
+
+
+def make_user(username: str, *permissions: str, password: str = "pw-for-tests-only", **fields):
+    """A user holding the given catalog permissions (codenames)."""
+    from django.contrib.auth.models import Permission, User
+
+    user = User.objects.create_user(username=username, password=password, **fields)
+    user.user_permissions.set(Permission.objects.filter(content_type__app_label="catalog", codename__in=permissions))
+    return user
+
+
+@pytest.fixture
+def writer(db):
+    """A user who may import, retry and edit images (not staff, not superuser)."""
+    return make_user("writer", *WRITER_PERMISSIONS)
+
+
+@pytest.fixture
+def writer_client(client, writer):
+    client.force_login(writer)
+    return client
+
+
+@pytest.fixture
+def api_token(writer):
+    """A bearer token of ``writer``: pass ``HTTP_AUTHORIZATION=f"Bearer {api_token}"``."""
+    from catalog.accounts.tokens import create_token
+
+    return create_token(user=writer)[1]

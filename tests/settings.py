@@ -13,6 +13,11 @@ os.environ.setdefault("IMAGESEARCH_DATA_DIR", str(Path(__file__).resolve().paren
 os.environ.setdefault("IMAGESEARCH_LOG_LEVEL", "WARNING")
 # Live-server threads must not keep connections open past the test database teardown.
 os.environ.setdefault("IMAGESEARCH_DB_CONN_MAX_AGE", "0")
+# Most tests exercise features, not access: reading is public and throttles are out of reach.
+# tests/test_access.py and tests/test_throttling.py switch these back to check them.
+os.environ.setdefault("IMAGESEARCH_PUBLIC_READ", "true")
+for _scope in ("SEARCH", "UPLOAD", "LOGIN"):
+    os.environ.setdefault(f"IMAGESEARCH_THROTTLE_{_scope}", "100000/min")
 
 from imagesearch.settings import *  # noqa: E402,F401,F403
 

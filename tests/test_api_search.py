@@ -11,8 +11,10 @@ pytestmark = pytest.mark.django_db
 
 
 @pytest.fixture
-def api():
-    return APIClient()
+def api(writer):
+    client = APIClient()
+    client.force_authenticate(writer)  # reading needs a login unless IMAGESEARCH_PUBLIC_READ
+    return client
 
 
 @pytest.fixture
@@ -110,9 +112,13 @@ def test_malformed_json_and_wrong_method(api):
     assert_error(api.get("/api/search/"), 405)
 
 
-def test_similar_to_unknown_image_is_404_like_error(api, stored):
-    error = assert_error(api.post("/api/search/", {"similar_to": 999999}, format="json"), 400)
-    assert "does not exist" in error["message"]
+def test_a_missing_image_is_404_on_every_endpoint(api, stored):
+    missing = max(image.pk for image in stored) + 1000
+    for response in (api.post("/api/search/", {"similar_to": missing}, format="json"),
+                     api.post("/api/search/", {"similar_to": str(missing)}, format="multipart"),
+                     api.get(f"/api/images/{missing}/similar/"), api.get(f"/api/images/{missing}/")):
+        assert assert_error(response, 404)["code"] == "not_found"
+    assert "does not exist" in api.post("/api/search/", {"similar_to": missing}, format="json").json()["error"]["message"]
 
 
 def _upload(data: bytes, name: str = "query.png"):

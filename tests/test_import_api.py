@@ -46,8 +46,20 @@ def error_of(response) -> dict:
 
 
 @pytest.fixture(autouse=True)
+def logged_in(client, writer):
+    """Imports need a user with the import permission (tests/test_access.py covers who may)."""
+    client.force_login(writer)
+
+
+@pytest.fixture(autouse=True)
 def long_lease(settings):
     settings.IMPORT_LEASE_SECONDS = 600  # the heartbeat never needs the uncommitted test rows
+
+
+@pytest.fixture
+def client(writer_client):
+    """Imports need a logged-in user with the import permission (tests/test_access.py checks who may)."""
+    return writer_client
 
 
 # --------------------------------------------------------------------------
@@ -97,10 +109,10 @@ def test_multipart_files_are_stored_before_the_job_is_queued(client, media_root,
     ({"urls": ["https://user:secret@example.com/a.jpg"]}, "urls.0", "URLs with user names or passwords"),
     ({"urls": ["http:///a.jpg"]}, "urls.0", "URL has no host"),
     ({"urls": ["https://example.com:99999/a.jpg"]}, "urls.0", "Not a valid URL"),
-    ({"urls": "https://example.com/a.jpg"}, "urls", "Expected a list of items"),
+    ({"urls": "https://example.com/a.jpg"}, "urls", "Expected a list"),
     ({"urls": [f"https://example.com/{i}.jpg" for i in range(4)]}, "urls", "At most 3 URLs per import."),
     ({"urls": ["https://example.com/a.jpg"], "city": "x" * 121}, "city", "no more than 120 characters"),
-    ({"urls": ["https://example.com/a.jpg"], "file": "not a file"}, "file", "Expected a list of items"),
+    ({"urls": ["https://example.com/a.jpg"], "file": "not a file"}, "file", "Expected a list"),
 ])
 def test_bad_import_requests_are_400_with_a_message_and_create_nothing(client, settings, media_root, payload, field,
                                                                        message):
@@ -117,9 +129,10 @@ def test_bad_import_requests_are_400_with_a_message_and_create_nothing(client, s
 def test_too_large_upload_is_refused_and_nothing_is_written(client, settings, media_root):
     settings.IMPORT_MAX_UPLOAD_BYTES = 100
     response = client.post("/api/imports/", {"file": [SimpleUploadedFile("big.jpg", picture(1))]})
-    assert response.status_code == 400
+    assert response.status_code == 413  # refused while receiving it (catalog.uploads)
     error = error_of(response)
-    assert error["fields"]["file.0"] == ["big.jpg is larger than 100 bytes."]
+    assert error["code"] == "too_large"
+    assert error["message"] == "big.jpg is larger than 100 bytes (IMAGESEARCH_MAX_UPLOAD_BYTES)."
     assert not ImportJob.objects.exists() and not media_files(media_root)
 
 

@@ -43,7 +43,7 @@ def test_summary_failed_lines_and_exit_status(tmp_path, media_root):
 
     out, err, error = import_folder(folder, "--city", "Bergen", "--group-key", "box-1")
 
-    assert "Found 8 file(s)" in out and "ignoring 1 without an image file extension" in out
+    assert "Found 9 file(s)" in out and "skipping 1 hidden; ignoring 1 without an image file extension" in out
     assert "Added 3, skipped 1 duplicate(s), failed 3." in out
     assert f"FAILED {folder / 'broken.jpg'}: truncated or corrupt image" in err
     assert f"FAILED {folder / 'empty.png'}: empty file" in err

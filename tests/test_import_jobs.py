@@ -332,7 +332,7 @@ def test_url_job_fetches_good_urls_and_records_each_bad_one(image_server, stub_r
     job = run(jobs.create_job(urls=list(urls.values()), city="Porto", via=ImportJob.Via.API))
     assert_counts(job, total=9, added=2, failed=7)
     assert item_errors(job) == {
-        "slow.jpg": "timed out fetching from '127.0.0.1'",
+        "slow.jpg": "timed out fetching from '127.0.0.1': no data for 0.5 s",
         "loop-a": "too many redirects (redirect loop)",
         "page.html": "unsupported content type 'text/html': expected an image",
         "declared-big.jpg": "response too large: 10485760 bytes exceeds limit of 1048576",

@@ -109,6 +109,20 @@ class _Handler(http.server.BaseHTTPRequestHandler):
                     self.wfile.write(b"x")
                     self.wfile.flush()
                     time.sleep(0.05)
+            elif path in ("/drip-status", "/drip-headers", "/drip-body"):
+                # One byte every 0.2 s: each byte arrives well inside the per-read timeout.
+                head = b"HTTP/1.1 200 OK\r\nContent-Type: image/png\r\nContent-Length: 1000\r\n\r\n"
+                split = {"/drip-status": 0, "/drip-headers": head.index(b"\r\n") + 2, "/drip-body": len(head)}[path]
+                self.close_connection = True
+                self.wfile.write(head[:split])
+                for byte in head[split:] + b"\x00" * 1000:
+                    self.wfile.write(bytes([byte]))
+                    self.wfile.flush()
+                    time.sleep(0.2)
+            elif path.startswith("/slow-hop/"):
+                n = int(path.rsplit("/", 1)[1])
+                time.sleep(0.3)
+                self._redirect(f"/slow-hop/{n - 1}" if n > 0 else "/img/cat.png", status=302)
             elif path == "/html":
                 self._send(body=b"<html></html>", content_type="text/html; charset=utf-8")
             elif path == "/no-type":
@@ -561,6 +575,53 @@ def test_total_timeout_stops_slow_drip(base):
     with pytest.raises(FetchRejected, match="timed out"):
         fetch_url(f"{base}/drip", policy=policy(timeout=0.5, total_timeout=0.3))
     assert time.monotonic() - start < 1.0
+
+
+@pytest.mark.parametrize("phase", ["status", "headers", "body"])
+def test_total_timeout_is_a_wall_clock_deadline_for_a_byte_dripping_server(base, phase):
+    # Each byte comes 0.2 s after the last, far inside the 5 s per-read timeout: only the
+    # 1 s deadline over the whole fetch can stop it (it used to run for minutes).
+    start = time.monotonic()
+    with pytest.raises(FetchRejected) as caught:
+        fetch_url(f"{base}/drip-{phase}", policy=policy(timeout=5.0, total_timeout=1.0))
+    elapsed = time.monotonic() - start
+    assert 0.9 < elapsed < 1.5, elapsed
+    assert "no complete response within the total time limit of 1 s" in str(caught.value)
+    assert "reading the response" in str(caught.value)
+
+
+def test_total_timeout_spans_redirect_hops(base):
+    # Five hops of 0.3 s each: every hop is quick, their sum is not.
+    start = time.monotonic()
+    with pytest.raises(FetchRejected, match="total time limit of 1 s"):
+        fetch_url(f"{base}/slow-hop/5", policy=policy(timeout=5.0, total_timeout=1.0, max_redirects=10))
+    assert time.monotonic() - start < 1.5
+
+
+def test_total_timeout_bounds_a_silent_tls_handshake(loopback_only):
+    listener = socket.socket()
+    listener.bind(("127.0.0.1", 0))
+    listener.listen(1)  # accepts (in the kernel) and then never says a word
+    try:
+        start = time.monotonic()
+        with pytest.raises(FetchRejected, match="total time limit of 1 s"):
+            fetch_url(f"https://127.0.0.1:{listener.getsockname()[1]}/x.png",
+                      policy=policy(timeout=5.0, total_timeout=1.0))
+        assert time.monotonic() - start < 1.5
+    finally:
+        listener.close()
+
+
+def test_total_timeout_bounds_a_hanging_name_lookup(no_connect):
+    def hanging_resolver(host, port, *args):
+        time.sleep(3)
+        return [(socket.AF_INET, socket.SOCK_STREAM, 6, "", ("93.184.216.34", port))]
+
+    start = time.monotonic()
+    with pytest.raises(FetchRejected, match=r"total time limit of 1 s \(stopped while resolving 'slow\.example'\)"):
+        fetch_url("http://slow.example/x.png", policy=FetchPolicy(timeout=5.0, total_timeout=1.0),
+                  resolver=hanging_resolver)
+    assert time.monotonic() - start < 1.5
 
 
 def test_connection_refused():

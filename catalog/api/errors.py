@@ -2,18 +2,27 @@
 
     {"error": {"status": 400, "code": "invalid", "message": "...", "fields": {"top_k": ["..."]}}}
 
-``fields`` is present only for validation errors.
+``fields`` is present only for validation errors. DRF's exceptions come through
+``api_exception_handler``; everything Django answers by itself under /api/ (unknown paths,
+over-long URLs, refused bodies, server errors) is rewritten by ``catalog.request_input``.
 """
 
 from __future__ import annotations
 
-from django.http import Http404
-from rest_framework import exceptions, status
+from django.conf import settings
+from django.core.exceptions import RequestDataTooBig, TooManyFieldsSent, TooManyFilesSent
+from django.db import InterfaceError, OperationalError
+from django.http import Http404, JsonResponse
+from rest_framework import exceptions, serializers, status
 from rest_framework.response import Response
 from rest_framework.views import exception_handler as drf_exception_handler
 
 from catalog.embedder import EmbedderUnavailable
-from catalog.search import SearchError
+from catalog.search import ImageNotFound, SearchError
+from catalog.uploads import BodyTooLarge, body_too_large_message
+
+
+DATABASE_UNAVAILABLE = "The database cannot be reached right now; try again in a few seconds."
 
 
 def error_body(http_status: int, code: str, message: str, fields: dict | None = None) -> dict:
@@ -23,11 +32,35 @@ def error_body(http_status: int, code: str, message: str, fields: dict | None = 
     return {"error": body}
 
 
+def error_response(http_status: int, code: str, message: str) -> JsonResponse:
+    """The error shape as a plain Django response (for answers given outside DRF's views)."""
+    return JsonResponse(error_body(http_status, code, message), status=http_status)
+
+
+def request_problem(exc) -> tuple[int, str, str] | None:
+    """Status, code and message for Django's refusals of a request body, or None."""
+    if isinstance(exc, RequestDataTooBig):
+        return 413, "too_large", str(exc) if isinstance(exc, BodyTooLarge) else body_too_large_message()
+    if isinstance(exc, TooManyFilesSent):
+        return 400, "too_many_files", f"At most {settings.DATA_UPLOAD_MAX_NUMBER_FILES} files per request."
+    if isinstance(exc, TooManyFieldsSent):
+        return 400, "too_many_fields", f"At most {settings.DATA_UPLOAD_MAX_NUMBER_FIELDS} fields per request."
+    return None
+
+
 def api_exception_handler(exc, context):
-    if isinstance(exc, SearchError):
+    problem = request_problem(exc)
+    if problem:
+        return Response(error_body(*problem), status=problem[0])
+    if isinstance(exc, ImageNotFound):
+        exc = exceptions.NotFound(str(exc))
+    elif isinstance(exc, SearchError):
         exc = exceptions.ValidationError({"non_field_errors": [str(exc)]})
     if isinstance(exc, EmbedderUnavailable):
         return Response(error_body(503, "model_unavailable", str(exc)), status=status.HTTP_503_SERVICE_UNAVAILABLE)
+    if isinstance(exc, (OperationalError, InterfaceError)):  # the database is down or restarting
+        return Response(error_body(503, "database_unavailable", DATABASE_UNAVAILABLE),
+                        status=status.HTTP_503_SERVICE_UNAVAILABLE, headers={"Retry-After": "5"})
     if isinstance(exc, Http404):
         exc = exceptions.NotFound()
     response = drf_exception_handler(exc, context)
@@ -59,3 +92,19 @@ def _field_messages(detail, prefix: str = "") -> dict[str, list[str]]:
             out.update(_field_messages(item, f"{prefix}.{index}" if prefix else str(index)))
         return out
     return {prefix or "non_field_errors": [str(detail)]}
+
+
+# --------------------------------------------------------------------------
+# the shape, for the OpenAPI schema (catalog.api.schema adds it to every operation)
+
+
+class ErrorDetailSerializer(serializers.Serializer):
+    status = serializers.IntegerField(help_text="The HTTP status, repeated.")
+    code = serializers.CharField(help_text="Machine-readable reason, e.g. invalid, not_found, throttled.")
+    message = serializers.CharField(help_text="What went wrong, for people.")
+    fields = serializers.DictField(child=serializers.ListField(child=serializers.CharField()), required=False,
+                                   help_text="Validation errors per field (\"field\" or \"field.index\").")
+
+
+class ErrorSerializer(serializers.Serializer):
+    error = ErrorDetailSerializer()

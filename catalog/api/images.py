@@ -6,9 +6,11 @@ from rest_framework.request import Request
 from rest_framework.response import Response
 from rest_framework.views import APIView
 
+from catalog.accounts.access import IMPORT_PERMISSION
+from catalog.accounts.throttling import ScopeThrottle
 from catalog.api import imports
-from catalog.api.serializers import (ImageFilterSerializer, ImageSerializer, SearchResponseSerializer,
-                                     SimilarQuerySerializer, search_response)
+from catalog.api.serializers import (ImageListQuerySerializer, ImageSerializer, SearchResponseSerializer,
+                                     SimilarQuerySerializer, StrictQueryMixin, search_response)
 from catalog.models import Image
 from catalog.search import images_search
 
@@ -25,17 +27,21 @@ def _query_params(request: Request) -> dict:
             for key in request.query_params}
 
 
-class ImageCollectionView(ListAPIView):
+class ImageCollectionView(StrictQueryMixin, ListAPIView):
     serializer_class = ImageSerializer
     pagination_class = ImagePagination
+    write_permissions = {"POST": [IMPORT_PERMISSION]}  # reads: the default CanRead
+    throttle_classes = [ScopeThrottle]
+    throttle_scopes = {"POST": "upload"}
+    query_serializer_methods = ("GET",)
 
     def get_queryset(self):
-        filters = ImageFilterSerializer(data=_query_params(self.request))
+        filters = ImageListQuerySerializer(data=_query_params(self.request), context={"text_input": True})
         filters.is_valid(raise_exception=True)
         return Image.objects.filter(filters.validated_data["filters"].as_q()).order_by("-created_at", "-id")
 
     @extend_schema(summary="List images, newest first, with metadata filters",
-                   parameters=[ImageFilterSerializer])
+                   parameters=[ImageListQuerySerializer])
     def get(self, request, *args, **kwargs):
         return super().get(request, *args, **kwargs)
 
@@ -45,7 +51,7 @@ class ImageCollectionView(ListAPIView):
         return imports.image_upload_create(request)
 
 
-class ImageDetailView(RetrieveAPIView):
+class ImageDetailView(StrictQueryMixin, RetrieveAPIView):
     serializer_class = ImageSerializer
     queryset = Image.objects.all()
 
@@ -54,12 +60,16 @@ class ImageDetailView(RetrieveAPIView):
         return super().get(request, *args, **kwargs)
 
 
-class SimilarImagesView(APIView):
+class SimilarImagesView(StrictQueryMixin, APIView):
+    throttle_classes = [ScopeThrottle]
+    throttle_scope = "search"
+    query_serializer_methods = ("GET",)
+
     @extend_schema(summary="More like this: images closest to a stored image",
                    parameters=[SimilarQuerySerializer], responses={200: SearchResponseSerializer})
     def get(self, request: Request, pk: int) -> Response:
         get_object_or_404(Image, pk=pk)
-        query = SimilarQuerySerializer(data=_query_params(request), context={"similar_to": pk})
+        query = SimilarQuerySerializer(data=_query_params(request), context={"similar_to": pk, "text_input": True})
         query.is_valid(raise_exception=True)
         results = images_search(params=query.validated_data["params"])
         return Response(search_response(results, context={"request": request}))

@@ -8,11 +8,16 @@ from django.urls import reverse
 from drf_spectacular.types import OpenApiTypes
 from drf_spectacular.utils import OpenApiExample, extend_schema, extend_schema_field
 from rest_framework import serializers, status
-from rest_framework.parsers import FormParser, JSONParser, MultiPartParser
+from rest_framework.permissions import IsAuthenticated
 from rest_framework.request import Request
 from rest_framework.response import Response
 from rest_framework.views import APIView
 
+from catalog.accounts.access import IMPORT_PERMISSION, visible_import_jobs
+from catalog.accounts.permissions import CanRead
+from catalog.accounts.throttling import ScopeThrottle
+from catalog.api.parsers import API_PARSERS
+from catalog.api.serializers import StrictQueryMixin, StrictSerializer
 from catalog.ingest import jobs
 from catalog.models import ImportJob
 
@@ -47,7 +52,7 @@ class UploadField(serializers.FileField):
             raise serializers.ValidationError(str(error)) from None
 
 
-class ImportMetadataSerializer(serializers.Serializer):
+class ImportMetadataSerializer(StrictSerializer):
     city = serializers.CharField(max_length=120, required=False, allow_blank=True, default="",
                                  help_text="City for every image of this import (else taken from GPS).")
     group_key = serializers.CharField(max_length=120, required=False, allow_blank=True, default="",
@@ -150,12 +155,16 @@ def _accepted(request: Request, job: ImportJob) -> Response:
 # views
 
 
-class ImportCollectionView(APIView):
-    parser_classes = [JSONParser, MultiPartParser, FormParser]
+class ImportCollectionView(StrictQueryMixin, APIView):
+    parser_classes = API_PARSERS
+    permission_classes = [IsAuthenticated, CanRead]
+    write_permissions = {"POST": [IMPORT_PERMISSION]}
+    throttle_classes = [ScopeThrottle]
+    throttle_scopes = {"POST": "upload"}
 
     @extend_schema(summary="Recent import jobs, newest first", responses={200: ImportJobSummarySerializer(many=True)})
     def get(self, request: Request) -> Response:
-        recent = ImportJob.objects.order_by("-created_at")[:RECENT_JOBS]
+        recent = visible_import_jobs(user=request.user).order_by("-created_at")[:RECENT_JOBS]
         return Response(ImportJobSummarySerializer(recent, many=True, context={"request": request}).data)
 
     @extend_schema(
@@ -170,14 +179,16 @@ class ImportCollectionView(APIView):
         serializer.is_valid(raise_exception=True)
         data = serializer.validated_data
         job = jobs.create_job(files=data.get("file") or (), urls=data.get("urls") or (), city=data["city"],
-                              group_key=data["group_key"], via=ImportJob.Via.API)
+                              group_key=data["group_key"], via=ImportJob.Via.API, created_by=request.user)
         return _accepted(request, job)
 
 
-class ImportDetailView(APIView):
+class ImportDetailView(StrictQueryMixin, APIView):
+    permission_classes = [IsAuthenticated]
+
     @extend_schema(summary="An import job: state, counts and per-item errors", responses={200: ImportJobSerializer})
     def get(self, request: Request, pk) -> Response:
-        job = get_object_or_404(ImportJob, pk=pk)
+        job = get_object_or_404(visible_import_jobs(user=request.user), pk=pk)
         return Response(ImportJobSerializer(job, context={"request": request}).data)
 
 
@@ -186,5 +197,6 @@ def image_upload_create(request: Request) -> Response:
     serializer = ImageUploadSerializer(data=request.data)
     serializer.is_valid(raise_exception=True)
     data = serializer.validated_data
-    job = jobs.create_job(files=data["file"], city=data["city"], group_key=data["group_key"], via=ImportJob.Via.API)
+    job = jobs.create_job(files=data["file"], city=data["city"], group_key=data["group_key"], via=ImportJob.Via.API,
+                          created_by=request.user)
     return _accepted(request, job)

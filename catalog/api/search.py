@@ -1,21 +1,25 @@
 from drf_spectacular.utils import OpenApiExample, extend_schema
-from rest_framework.parsers import FormParser, JSONParser, MultiPartParser
 from rest_framework.request import Request
 from rest_framework.response import Response
 from rest_framework.views import APIView
 
-from catalog.api.serializers import SearchRequestSerializer, SearchResponseSerializer, search_response
+from catalog.accounts.throttling import ScopeThrottle
+from catalog.api.parsers import API_PARSERS
+from catalog.api.serializers import (SearchRequestSerializer, SearchResponseSerializer, SearchUploadRequestSerializer,
+                                     StrictQueryMixin, search_response)
 from catalog.search import images_search
 
 
-class SearchView(APIView):
-    parser_classes = [JSONParser, MultiPartParser, FormParser]
-    # Read-only: no session/CSRF needed, so mobile clients can POST freely.
-    authentication_classes: list = []
+class SearchView(StrictQueryMixin, APIView):
+    parser_classes = API_PARSERS
+    read_methods = ("POST",)  # a search changes nothing: CanRead treats it as a read
+    throttle_classes = [ScopeThrottle]
+    throttle_scope = "search"
+    error_statuses = (404,)  # similar_to names a missing image
 
     @extend_schema(
         summary="Search images by text, by picture or by a stored image",
-        request={"application/json": SearchRequestSerializer, "multipart/form-data": SearchRequestSerializer},
+        request={"application/json": SearchRequestSerializer, "multipart/form-data": SearchUploadRequestSerializer},
         responses={200: SearchResponseSerializer},
         examples=[OpenApiExample("Text", value={"q": "snow-covered peaks in the sun", "top_k": 10,
                                                 "cities": ["Zurich"]}, request_only=True),
@@ -24,7 +28,8 @@ class SearchView(APIView):
                                  request_only=True)],
     )
     def post(self, request: Request) -> Response:
-        serializer = SearchRequestSerializer(data=request.data)
+        upload = request.content_type.startswith("multipart/")
+        serializer = (SearchUploadRequestSerializer if upload else SearchRequestSerializer)(data=request.data)
         serializer.is_valid(raise_exception=True)
         results = images_search(params=serializer.validated_data["params"])
         return Response(search_response(results, context={"request": request}))

@@ -1,3 +1,4 @@
+from django.utils.datastructures import MultiValueDict
 from drf_spectacular.types import OpenApiTypes
 from drf_spectacular.utils import extend_schema_field
 from rest_framework import serializers
@@ -6,16 +7,84 @@ from catalog.models import Image
 from catalog.search import MAX_PAGE, MAX_TOP_K, ORIENTATIONS, SearchError
 from catalog.search_input import build_filters, build_search_params, decode_base64_image, decode_query_image
 
+MAX_SIDE = 2**31 - 1  # the columns' range
+MAX_ID = 2**63 - 1
+# Sent by the site's own forms and DRF's format switch; never an unknown field.
+ALWAYS_ALLOWED = frozenset({"csrfmiddlewaretoken", "format"})
 
-class ImageFilterSerializer(serializers.Serializer):
+
+def check_known(names, known) -> None:
+    """Raise a 400 naming every name not in ``known`` (plus ALWAYS_ALLOWED)."""
+    unknown = sorted({str(name) for name in names} - set(known) - ALWAYS_ALLOWED)
+    if unknown:
+        listed = ", ".join(sorted(known)) or "none"
+        raise serializers.ValidationError(
+            {name[:100]: [f"Unknown field \"{name[:100]}\". Known fields: {listed}."] for name in unknown[:20]})
+
+
+# Refuses input fields it does not declare, naming them: a typo such as "city" for "cities" must not
+# silently widen a search. ``extra_fields`` in the context names more allowed ones (e.g. the
+# paginator's query parameters). Comments, not a docstring: the schema would show it on every body.
+class StrictSerializer(serializers.Serializer):
+
+    def to_internal_value(self, data):
+        if hasattr(data, "keys"):
+            writable = [name for name, field in self.fields.items() if not field.read_only]
+            check_known(data.keys(), [*writable, *self.context.get("extra_fields", ())])
+        # JSON only: forms (QueryDicts) and query strings carry text.
+        if isinstance(data, dict) and not isinstance(data, MultiValueDict) and not self.context.get("text_input"):
+            wrong = {name: [message] for name, value in data.items()
+                     if name in self.fields and (message := json_type_error(self.fields[name], value))}
+            if wrong:
+                raise serializers.ValidationError(wrong)
+        return super().to_internal_value(data)
+
+
+# JSON types as the schema states them: DRF would take 5 for "5" and "5" for 5, so a client that
+# sends the wrong type would work by accident here and fail against a stricter server.
+_JSON_TYPES = ((serializers.BooleanField, bool, "a boolean"), (serializers.IntegerField, int, "an integer"),
+               (serializers.FloatField, (int, float), "a number"), (serializers.ListField, list, "a list"),
+               (serializers.CharField, str, "a string"), (serializers.DateField, str, "a date string"),
+               (serializers.ChoiceField, str, "a string"))
+
+
+def json_type_error(field, value) -> str | None:
+    if value is None:
+        return None  # DRF's own "may not be null"
+    for kind, types, label in _JSON_TYPES:
+        if isinstance(field, kind):
+            if not isinstance(value, types) or (isinstance(value, bool) and kind is not serializers.BooleanField):
+                return f"Expected {label}, got {type(value).__name__}."
+            if kind is serializers.ListField:
+                return next((f"Item {index}: {error}" for index, item in enumerate(value)
+                             if (error := json_type_error(field.child, item))), None)
+            return None
+    return None
+
+
+# For API views: query parameters are refused (400, named) on every method whose view does not
+# validate them with a StrictSerializer itself (``query_serializer_methods``). (Not a docstring:
+# the schema would show it as every operation's description.)
+class StrictQueryMixin:
+
+    query_serializer_methods: tuple[str, ...] = ()
+
+    def initial(self, request, *args, **kwargs):
+        super().initial(request, *args, **kwargs)  # authentication, permissions and throttles first
+        method = request.method.lower()
+        if hasattr(self, method) and method.upper() not in self.query_serializer_methods:  # else: 405
+            check_known(request.query_params.keys(), ())
+
+
+class ImageFilterSerializer(StrictSerializer):
     """Metadata filters, shared by the image list and every search."""
 
     cities = serializers.ListField(child=serializers.CharField(max_length=120), required=False, max_length=100,
                                    help_text="Only images from these cities (repeat the parameter for several).")
-    min_width = serializers.IntegerField(required=False, min_value=1)
-    max_width = serializers.IntegerField(required=False, min_value=1)
-    min_height = serializers.IntegerField(required=False, min_value=1)
-    max_height = serializers.IntegerField(required=False, min_value=1)
+    min_width = serializers.IntegerField(required=False, min_value=1, max_value=MAX_SIDE)
+    max_width = serializers.IntegerField(required=False, min_value=1, max_value=MAX_SIDE)
+    min_height = serializers.IntegerField(required=False, min_value=1, max_value=MAX_SIDE)
+    max_height = serializers.IntegerField(required=False, min_value=1, max_value=MAX_SIDE)
     taken_from = serializers.DateField(required=False, help_text="Taken on or after this day (UTC).")
     taken_to = serializers.DateField(required=False, help_text="Taken on or before this day (UTC).")
     orientation = serializers.ChoiceField(choices=ORIENTATIONS, required=False)
@@ -26,6 +95,13 @@ class ImageFilterSerializer(serializers.Serializer):
         except SearchError as error:
             raise serializers.ValidationError(str(error)) from None
         return attrs
+
+
+class ImageListQuerySerializer(ImageFilterSerializer):
+    """The image list's query: the filters and the page (the paginator reads them; checked here first)."""
+
+    page = serializers.IntegerField(required=False, min_value=1, max_value=2**31 - 1)
+    page_size = serializers.IntegerField(required=False, min_value=1, max_value=100, help_text="Images per page.")
 
 
 class SimilarQuerySerializer(ImageFilterSerializer):
@@ -49,14 +125,18 @@ class SimilarQuerySerializer(ImageFilterSerializer):
         return None
 
 
+@extend_schema_field(OpenApiTypes.BINARY)
+class QueryImageField(serializers.FileField):
+    """A multipart file: "format: binary" in the schema (DRF's FileField would say URI)."""
+
+
 class SearchRequestSerializer(SimilarQuerySerializer):
-    """Exactly one of ``q``, ``image``, ``image_base64`` or ``similar_to``."""
+    """A search as JSON: exactly one of ``q``, ``image_base64`` or ``similar_to``."""
 
     q = serializers.CharField(required=False, allow_blank=True, max_length=500,
                               help_text="Describe the picture, in English or Chinese.")
-    image = serializers.FileField(required=False, help_text="Query picture (multipart upload).")
     image_base64 = serializers.CharField(required=False, help_text="Query picture as base64 (or a data: URL).")
-    similar_to = serializers.IntegerField(required=False, min_value=1,
+    similar_to = serializers.IntegerField(required=False, min_value=1, max_value=MAX_ID,
                                           help_text="Id of a stored image: find images like it.")
 
     def validate(self, attrs):
@@ -70,6 +150,12 @@ class SearchRequestSerializer(SimilarQuerySerializer):
         if attrs.get("image_base64"):
             return decode_base64_image(attrs["image_base64"])
         return None
+
+
+class SearchUploadRequestSerializer(SearchRequestSerializer):
+    """A search as a multipart form: exactly one of ``q``, ``image``, ``image_base64`` or ``similar_to``."""
+
+    image = QueryImageField(required=False, help_text="Query picture (a file).")
 
 
 class ImageSerializer(serializers.ModelSerializer):

@@ -1,7 +1,9 @@
 """Iterate the members of an uploaded zip / tar / tar.gz (tar.bz2, tar.xz) safely.
 
 Plain Python (no Django); limits arrive through :class:`ArchiveLimits`.
-Nothing is ever written to the file system - members are returned as bytes.
+Nothing is ever extracted into the file system: a member's bytes are decompressed in chunks
+into a private spool (memory up to 1 MiB, an anonymous temporary file beyond) and read back with
+``member.read()`` / ``member.data``, so iterating holds no whole member in memory.
 
 Behaviour
 ---------
@@ -57,9 +59,13 @@ import zlib
 from dataclasses import dataclass
 from typing import BinaryIO, Callable, Iterator
 
+from catalog.ingest.names import safe_text
+
 __all__ = ["ArchiveRejected", "ArchiveLimits", "ArchiveMember", "is_archive", "iter_archive"]
 
 _CHUNK = 64 * 1024
+# A member's bytes stay in memory up to this size, beyond it in an anonymous temporary file.
+_SPOOL_IN_MEMORY = 1024 * 1024
 _MAX_NAME_LENGTH = 1024
 _SNIFF_BYTES = 512
 # tar extended headers (pax / GNU long names) are read into memory by tarfile:
@@ -87,11 +93,35 @@ class ArchiveLimits:
     max_member_bytes: int = 100 * 1024**2
 
 
-@dataclass(frozen=True)
 class ArchiveMember:
-    name: str  # normalised relative path (raw, sanitised name when error is set)
-    data: bytes | None  # None when error is set
-    error: str | None
+    """One member: ``name`` (normalised relative path; the raw, sanitised name when ``error`` is
+    set), ``error`` (None if fine) and its bytes, ``read()`` / ``data`` (None when ``error`` is set,
+    or when iterated with ``keep_data=False``)."""
+
+    __slots__ = ("name", "error", "_data", "_spool")
+
+    def __init__(self, name: str, data: bytes | None = None, error: str | None = None, *, spool=None):
+        self.name, self.error, self._data, self._spool = name, error, data, spool
+
+    @property
+    def data(self) -> bytes | None:
+        if self._spool is None:
+            return self._data
+        self._spool.seek(0)
+        return self._spool.read()
+
+    def read(self) -> bytes | None:
+        return self.data
+
+    def __eq__(self, other):
+        if not isinstance(other, ArchiveMember):
+            return NotImplemented
+        return (self.name, self.data, self.error) == (other.name, other.data, other.error)
+
+    def __repr__(self):
+        data = self.data
+        return f"ArchiveMember(name={self.name!r}, data={None if data is None else f'<{len(data)} bytes>'}, " \
+               f"error={self.error!r})"
 
 
 # --------------------------------------------------------------------------
@@ -160,6 +190,7 @@ def _display_name(raw: str) -> str:
 
 def _normalise(raw: str) -> tuple[str | None, str | None]:
     """Return ``(name, error)``; ``(None, None)`` means "skip silently"."""
+    raw = safe_text(raw)  # bytes that were not UTF-8 (surrogate escapes) -> U+FFFD
     if len(raw) > _MAX_NAME_LENGTH or any(ord(c) < 0x20 or 0x7F <= ord(c) < 0xA0 for c in raw):
         return _display_name(raw), "unsafe path"
     path = raw.replace("\\", "/")
@@ -186,27 +217,47 @@ class _Budget:
             raise ArchiveRejected(f"archive too large: more than {self.limit} bytes uncompressed")
 
 
-def _read_member(fh, limits: ArchiveLimits, charge: Callable[[int], None] | None) -> tuple[bytes | None, str | None]:
-    """Read one member in chunks, stopping as soon as a limit is exceeded."""
-    buf = bytearray()
-    sniffed = False
-    while True:
-        want = min(_CHUNK, limits.max_member_bytes + 1 - len(buf))
-        chunk = fh.read(want)
-        if not chunk:
-            break
-        if charge is not None:
-            charge(len(chunk))
-        buf += chunk
-        if len(buf) > limits.max_member_bytes:
-            return None, "too large"
-        if not sniffed and len(buf) >= _SNIFF_BYTES:
-            sniffed = True
-            if _looks_nested(bytes(buf[:_SNIFF_BYTES])):
-                return None, "nested archive not supported"
-    if not sniffed and _looks_nested(bytes(buf)):
-        return None, "nested archive not supported"
-    return bytes(buf), None
+def _read_member(fh, limits: ArchiveLimits, charge: Callable[[int], None] | None,
+                 keep: bool = True) -> tuple[tempfile.SpooledTemporaryFile | None, str | None]:
+    """Read one member in chunks into a spool (or nowhere, without ``keep``), stopping as soon as a
+    limit is exceeded."""
+    spool = tempfile.SpooledTemporaryFile(max_size=_SPOOL_IN_MEMORY) if keep else None
+    head = b""
+    size = 0
+    try:
+        while True:
+            chunk = fh.read(min(_CHUNK, limits.max_member_bytes + 1 - size))
+            if not chunk:
+                break
+            if charge is not None:
+                charge(len(chunk))
+            size += len(chunk)
+            if size > limits.max_member_bytes:
+                return _discard(spool), "too large"
+            if len(head) < _SNIFF_BYTES:
+                head += chunk[:_SNIFF_BYTES - len(head)]
+                if len(head) >= _SNIFF_BYTES and _looks_nested(head):
+                    return _discard(spool), "nested archive not supported"
+            if spool is not None:
+                spool.write(chunk)
+        if len(head) < _SNIFF_BYTES and _looks_nested(head):
+            return _discard(spool), "nested archive not supported"
+    except BaseException:
+        _discard(spool)
+        raise
+    return spool, None
+
+
+def _discard(spool) -> None:
+    if spool is not None:
+        spool.close()
+    return None
+
+
+def _member(name: str, spool, error: str | None) -> ArchiveMember:
+    if error is not None:
+        return ArchiveMember(name, None, error)
+    return ArchiveMember(name, spool=spool) if spool is not None else ArchiveMember(name)
 
 
 def _short(exc: BaseException) -> str:
@@ -237,7 +288,18 @@ def _zip_precheck(src: BinaryIO, limits: ArchiveLimits) -> None:
         raise ArchiveRejected(f"too many members: central directory too large (limit {limits.max_members} members)")
 
 
-def _iter_zip(src: BinaryIO, limits: ArchiveLimits) -> Iterator[ArchiveMember]:
+def _zip_name(info: zipfile.ZipInfo) -> str:
+    # Without the UTF-8 flag zipfile decodes names as cp437 (the spec); many tools write UTF-8
+    # there anyway, so prefer that when the raw bytes are valid UTF-8.
+    if info.flag_bits & 0x800:
+        return info.filename
+    try:
+        return info.filename.encode("cp437").decode("utf-8")
+    except (UnicodeEncodeError, UnicodeDecodeError):
+        return info.filename
+
+
+def _iter_zip(src: BinaryIO, limits: ArchiveLimits, keep: bool) -> Iterator[ArchiveMember]:
     _zip_precheck(src, limits)
     try:
         zf = zipfile.ZipFile(src)
@@ -255,7 +317,7 @@ def _iter_zip(src: BinaryIO, limits: ArchiveLimits) -> Iterator[ArchiveMember]:
             ftype = stat.S_IFMT(mode)
             if info.is_dir() or ftype == stat.S_IFDIR:
                 continue
-            name, error = _normalise(info.filename)
+            name, error = _normalise(_zip_name(info))
             if name is None:
                 continue
             data = None
@@ -271,14 +333,14 @@ def _iter_zip(src: BinaryIO, limits: ArchiveLimits) -> Iterator[ArchiveMember]:
                 else:
                     try:
                         with zf.open(info) as fh:
-                            data, error = _read_member(fh, limits, budget.charge)
+                            data, error = _read_member(fh, limits, budget.charge, keep)
                     except ArchiveRejected:
                         raise
                     except NotImplementedError:
                         data, error = None, "unsupported compression method"
                     except (zipfile.BadZipFile, zlib.error, lzma.LZMAError, EOFError, OSError, ValueError):
                         data, error = None, "corrupt member"
-            yield ArchiveMember(name=name, data=data if error is None else None, error=error)
+            yield _member(name, data, error)
 
 
 # --------------------------------------------------------------------------
@@ -333,7 +395,7 @@ class _CountingReader:
 _TAR_STREAM_ERRORS = (tarfile.TarError, OSError, EOFError, zlib.error, lzma.LZMAError, ValueError)
 
 
-def _iter_tar(src: BinaryIO, kind: str, limits: ArchiveLimits) -> Iterator[ArchiveMember]:
+def _iter_tar(src: BinaryIO, kind: str, limits: ArchiveLimits, keep: bool) -> Iterator[ArchiveMember]:
     if kind == "gzip":
         decompressed = gzip.GzipFile(fileobj=src, mode="rb")
     elif kind == "bzip2":
@@ -354,13 +416,13 @@ def _iter_tar(src: BinaryIO, kind: str, limits: ArchiveLimits) -> Iterator[Archi
         except _TAR_STREAM_ERRORS as exc:
             raise ArchiveRejected(f"corrupt archive: {_short(exc)}") from None
         with tf:
-            yield from _iter_tar_members(tf, limits)
+            yield from _iter_tar_members(tf, limits, keep)
     finally:
         if decompressed is not None:
             decompressed.close()
 
 
-def _iter_tar_members(tf: tarfile.TarFile, limits: ArchiveLimits) -> Iterator[ArchiveMember]:
+def _iter_tar_members(tf: tarfile.TarFile, limits: ArchiveLimits, keep: bool) -> Iterator[ArchiveMember]:
     count = 0
     while True:
         try:
@@ -395,12 +457,12 @@ def _iter_tar_members(tf: tarfile.TarFile, limits: ArchiveLimits) -> Iterator[Ar
             else:
                 try:
                     fh = tf.extractfile(ti)
-                    data, error = _read_member(fh, limits, None)
+                    data, error = _read_member(fh, limits, None, keep)
                 except ArchiveRejected:
                     raise
                 except _TAR_STREAM_ERRORS as exc:
                     raise ArchiveRejected(f"corrupt archive: {_short(exc)}") from None
-        yield ArchiveMember(name=name, data=data if error is None else None, error=error)
+        yield _member(name, data, error)
 
 
 # --------------------------------------------------------------------------
@@ -408,13 +470,14 @@ def _iter_tar_members(tf: tarfile.TarFile, limits: ArchiveLimits) -> Iterator[Ar
 # --------------------------------------------------------------------------
 
 
-def iter_archive(fileobj: BinaryIO, *, limits: ArchiveLimits) -> Iterator[ArchiveMember]:
+def iter_archive(fileobj: BinaryIO, *, limits: ArchiveLimits, keep_data: bool = True) -> Iterator[ArchiveMember]:
     """Yield the members of a zip / tar / tar.gz / tar.bz2 / tar.xz archive.
 
     ``fileobj`` is rewound and read from its beginning (so a caller may first
     read a head for :func:`is_archive`); a non-seekable stream is spooled to a
     temporary file from its current position instead.  ``fileobj`` is not
-    closed.  See the module docstring for the error model.
+    closed.  See the module docstring for the error model.  With ``keep_data=False`` every
+    member is still read through (limits, nesting) but its bytes are not kept.
     """
     spool = None
     src = fileobj
@@ -436,9 +499,9 @@ def iter_archive(fileobj: BinaryIO, *, limits: ArchiveLimits) -> Iterator[Archiv
         if kind in ("7z", "rar"):
             raise ArchiveRejected(f"unsupported archive format: {kind}")
         if kind == "zip":
-            yield from _iter_zip(src, limits)
+            yield from _iter_zip(src, limits, keep_data)
         else:
-            yield from _iter_tar(src, kind, limits)
+            yield from _iter_tar(src, kind, limits, keep_data)
     finally:
         if spool is not None:
             spool.close()

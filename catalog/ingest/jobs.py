@@ -21,6 +21,7 @@ from django.core.exceptions import SuspiciousFileOperation
 from django.core.files.storage import default_storage
 from django.core.files.uploadedfile import UploadedFile
 from django.db import transaction
+from django.db.models import F
 from django.utils import timezone
 from django.utils.text import get_valid_filename
 
@@ -115,15 +116,35 @@ def create_job(*, files: Iterable[UploadedFile] = (), urls: Iterable[str] = (), 
     return job
 
 
+PAYLOAD_GONE = "the uploaded file was deleted when the import failed; upload it again"
+
+
 def retry_job(job_id: uuid.UUID) -> bool:
-    """Queue a failed job again (e.g. after the model was configured); its pending items resume."""
+    """Queue a failed job again (e.g. after the model was configured); its pending URL items resume.
+    A failed job's uploads were deleted when it failed, so its pending upload and archive items
+    fail now, each with PAYLOAD_GONE."""
     with transaction.atomic():
-        updated = ImportJob.objects.filter(pk=job_id, state=ImportJob.State.FAILED).update(
+        job = ImportJob.objects.select_for_update().filter(pk=job_id, state=ImportJob.State.FAILED).first()
+        if job is None:
+            return False
+        lost = _fail_items_without_payload(job)
+        ImportJob.objects.filter(pk=job_id).update(
             state=ImportJob.State.QUEUED, error="", attempts=0, finished_at=None, lease_owner="",
-            lease_expires_at=None)
-        if updated:
-            transaction.on_commit(partial(tasks.enqueue_import, job_id))
-    return bool(updated)
+            lease_expires_at=None, failed=F("failed") + lost)
+        transaction.on_commit(partial(tasks.enqueue_import, job_id))
+    return True
+
+
+def _fail_items_without_payload(job: ImportJob) -> int:
+    """Mark pending items whose uploaded bytes are gone as failed; returns how many."""
+    kinds = (ImportItem.Kind.UPLOAD, ImportItem.Kind.ARCHIVE)
+    holders = job.items.filter(kind__in=kinds, state__in=(ImportItem.State.PENDING, ImportItem.State.EXPANDED))
+    gone = [item for item in holders if not item.payload or not default_storage.exists(item.payload)]
+    pending = [item.pk for item in gone if item.state == ImportItem.State.PENDING]
+    members = job.items.pending().filter(parent__in=[item.pk for item in gone]).values_list("pk", flat=True)
+    now = timezone.now()
+    return ImportItem.objects.filter(pk__in=[*pending, *members], state=ImportItem.State.PENDING).update(
+        state=ImportItem.State.FAILED, error=PAYLOAD_GONE, updated_at=now)
 
 
 def resume_unfinished() -> list[uuid.UUID]:
@@ -154,7 +175,7 @@ def prune_payloads() -> int:
     pruned = 0
     for job_id, folder in by_id.items():
         state = states.get(job_id)
-        if state is not None and state != ImportJob.State.DONE:  # running, or failed and retriable
+        if state is not None and state not in (ImportJob.State.DONE, ImportJob.State.FAILED):  # still running
             continue
         if state is None and not _older_than(f"imports/{folder}", ORPHAN_PAYLOAD_AGE):
             continue

@@ -15,6 +15,7 @@ import threading
 import uuid
 from dataclasses import dataclass
 from datetime import datetime, timedelta
+from functools import partial
 
 from django.conf import settings
 from django.db import connection, transaction
@@ -105,6 +106,10 @@ def _mark_failed(job: ImportJob, reason: str) -> None:
     job.finished_at = timezone.now()
     job.lease_owner, job.lease_expires_at = "", None
     job.save(update_fields=["state", "error", "finished_at", "lease_owner", "lease_expires_at"])
+    # A failed job keeps no uploads (they are never served, and never kept): retry_job fails those items.
+    from catalog.ingest.jobs import delete_payloads
+
+    transaction.on_commit(partial(delete_payloads, job.payload_folder))
 
 
 class Heartbeat:

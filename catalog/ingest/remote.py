@@ -20,6 +20,10 @@ How the guard works, hop by hop:
    certificate hostname verification.
 4. Redirects are followed manually and every hop goes through steps 1-3 again.
 
+Every timeout is a wall-clock deadline over the whole fetch (DNS, connect, TLS,
+status line, headers, body, all redirects): ``total_timeout`` bounds it all,
+``timeout`` bounds each single wait within it.
+
 Every failure is reported as :class:`FetchRejected` with a short message that
 names the cause and never embeds a traceback or the resolved internal address.
 """
@@ -27,10 +31,12 @@ names the cause and never embeds a traceback or the resolved internal address.
 from __future__ import annotations
 
 import http.client
+import io
 import ipaddress
 import posixpath
 import socket
 import ssl
+import threading
 import time
 from dataclasses import dataclass
 from typing import Callable
@@ -78,8 +84,8 @@ class FetchPolicy:
     allowed_hosts: frozenset[str] = frozenset()
     # Accept archive content types (zip/tar/gzip/octet-stream) besides image/*.
     allow_archives: bool = False
-    # Wall-clock budget for a whole fetch (all hops + body), guards against
-    # servers that drip one byte just inside ``timeout``.
+    # Wall-clock budget for a whole fetch (DNS, connect, TLS, status line, headers,
+    # body, all hops): a server that drips one byte just inside ``timeout`` is cut off.
     total_timeout: float = 120.0
 
 
@@ -211,7 +217,8 @@ def _blocked_reason(ip: ipaddress.IPv4Address | ipaddress.IPv6Address) -> str | 
     return None
 
 
-def _resolve(target: _Target, policy: FetchPolicy, resolver: Resolver) -> list[tuple[int, tuple]]:
+def _resolve(target: _Target, policy: FetchPolicy, resolver: Resolver,
+             deadline: "_Deadline") -> list[tuple[int, tuple]]:
     """Resolve ``target.host`` once and vet every address.
 
     Returns ``(family, sockaddr)`` pairs to connect to, in resolver order.
@@ -226,7 +233,10 @@ def _resolve(target: _Target, policy: FetchPolicy, resolver: Resolver) -> list[t
         infos = [(family, socket.SOCK_STREAM, 0, "", (target.host, target.port))]
     else:
         try:
-            infos = resolver(target.host, target.port, 0, socket.SOCK_STREAM)
+            infos = _within(deadline, f"resolving {target.host!r}", resolver,
+                            target.host, target.port, 0, socket.SOCK_STREAM)
+        except _DeadlineExceeded:
+            raise
         except (OSError, UnicodeError, ValueError):
             raise FetchRejected(f"could not resolve host {target.host!r}") from None
     skip_check = target.host.lower() in _allowed(policy)
@@ -264,34 +274,37 @@ def _allowed(policy: FetchPolicy) -> frozenset[str]:
 
 
 class _PinnedHTTPConnection(http.client.HTTPConnection):
-    """HTTPConnection whose ``host`` (Host header) differs from the IP dialled."""
+    """HTTPConnection whose ``host`` (Host header) differs from the IP dialled, and whose
+    socket keeps to the fetch's deadline."""
 
-    def __init__(self, host: str, port: int, sockaddr: tuple, timeout: float):
-        super().__init__(host, port, timeout=timeout)
+    def __init__(self, host: str, port: int, sockaddr: tuple, deadline: "_Deadline"):
+        super().__init__(host, port, timeout=deadline.op_timeout(f"connecting to {host!r}"))
         self._sockaddr = sockaddr
-        self.raw_sock: socket.socket | None = None
+        self._deadline = deadline
 
     def connect(self) -> None:
         # create_connection() on a numeric address does no DNS lookup.
-        self.sock = socket.create_connection(self._sockaddr[:2], self.timeout)
-        self.raw_sock = self.sock
+        sock = socket.create_connection(self._sockaddr[:2], self._deadline.op_timeout(f"connecting to {self.host!r}"))
+        self.sock = _DeadlineSocket(sock, self._deadline)
 
 
 class _PinnedHTTPSConnection(http.client.HTTPSConnection):
-    def __init__(self, host: str, port: int, sockaddr: tuple, timeout: float, context: ssl.SSLContext):
-        super().__init__(host, port, timeout=timeout, context=context)
+    def __init__(self, host: str, port: int, sockaddr: tuple, deadline: "_Deadline", context: ssl.SSLContext):
+        super().__init__(host, port, timeout=deadline.op_timeout(f"connecting to {host!r}"), context=context)
         self._sockaddr = sockaddr
-        self.raw_sock: socket.socket | None = None
+        self._deadline = deadline
 
     def connect(self) -> None:
-        sock = socket.create_connection(self._sockaddr[:2], self.timeout)
+        sock = socket.create_connection(self._sockaddr[:2], self._deadline.op_timeout(f"connecting to {self.host!r}"))
         try:
+            # The handshake is one blocking call: bound it by what is left of the deadline.
+            sock.settimeout(self._deadline.op_timeout(f"in the TLS handshake with {self.host!r}"))
             # SNI + certificate verification against the *original* host name.
-            self.sock = self._context.wrap_socket(sock, server_hostname=self.host)
+            tls = self._context.wrap_socket(sock, server_hostname=self.host)
         except BaseException:
             sock.close()
             raise
-        self.raw_sock = self.sock
+        self.sock = _DeadlineSocket(tls, self._deadline)
 
 
 def _ssl_context() -> ssl.SSLContext:
@@ -301,27 +314,116 @@ def _ssl_context() -> ssl.SSLContext:
     return ctx
 
 
+class _DeadlineExceeded(TimeoutError):
+    """The fetch's wall-clock budget (``FetchPolicy.total_timeout``) ran out."""
+
+
 class _Deadline:
     def __init__(self, policy: FetchPolicy):
         self.policy = policy
         self.end = time.monotonic() + policy.total_timeout
 
+    def left(self) -> float:
+        return self.end - time.monotonic()
+
     def op_timeout(self, what: str) -> float:
-        left = self.end - time.monotonic()
+        """Timeout for the next single wait: the per-operation one, cut to what is left."""
+        left = self.left()
         if left <= 0:
-            raise FetchRejected(f"timed out {what} (total time limit exceeded)")
+            raise _DeadlineExceeded(what)
         return max(0.001, min(self.policy.timeout, left))
+
+
+class _DeadlineSocket:
+    """A connected socket (plain or TLS) whose every send and receive waits at most
+    min(per-operation timeout, time left before the deadline).
+
+    http.client reads the status line and headers with readline() on ``makefile()``, and
+    a socket timeout starts afresh for every byte that arrives, so a server dripping one
+    byte per second would never time out; re-arming before each call makes the
+    deadline hold in every phase."""
+
+    def __init__(self, sock: socket.socket, deadline: _Deadline):
+        self._sock = sock
+        self._deadline = deadline
+
+    def _call(self, what: str, method, *args):
+        self._sock.settimeout(self._deadline.op_timeout(what))
+        try:
+            return method(*args)
+        except TimeoutError:
+            if self._deadline.left() <= 0:
+                raise _DeadlineExceeded(what) from None
+            raise
+
+    def recv_into(self, buffer, nbytes: int = 0, flags: int = 0) -> int:
+        return self._call("reading the response", self._sock.recv_into, buffer, nbytes, flags)
+
+    def recv(self, bufsize: int, flags: int = 0) -> bytes:
+        return self._call("reading the response", self._sock.recv, bufsize, flags)
+
+    def sendall(self, data, flags: int = 0) -> None:
+        self._call("sending the request", self._sock.sendall, data, flags)
+
+    def makefile(self, mode: str = "rb", *args, **kwargs):
+        # http.client only reads ("rb"); SocketIO calls back into recv_into above.
+        if mode != "rb":
+            raise ValueError(f"unsupported makefile mode {mode!r}")
+        self._io_refs += 1
+        return io.BufferedReader(socket.SocketIO(self, "rb"))
+
+    # Same reference counting as socket.socket: HTTPConnection.close() hands the socket
+    # over to the response's file, which closes it when done.
+    _io_refs = 0
+    _closed = False
+
+    def _decref_socketios(self) -> None:
+        if self._io_refs > 0:
+            self._io_refs -= 1
+        if self._closed and self._io_refs <= 0:
+            self._sock.close()
+
+    def close(self) -> None:
+        self._closed = True
+        if self._io_refs <= 0:
+            self._sock.close()
+
+    def settimeout(self, value) -> None:  # timeouts are ours to set, per call
+        pass
+
+    def __getattr__(self, name):
+        return getattr(self._sock, name)
+
+
+def _within(deadline: _Deadline, what: str, fn, *args):
+    """Run a blocking call that takes no timeout (getaddrinfo) in a helper thread and give
+    up on it when the deadline passes; the thread finishes on its own later."""
+    outcome: dict = {}
+
+    def run():
+        try:
+            outcome["value"] = fn(*args)
+        except BaseException as exc:  # handed to the caller below
+            outcome["error"] = exc
+
+    thread = threading.Thread(target=run, name="fetch-resolve", daemon=True)
+    thread.start()
+    thread.join(max(0.0, deadline.left()))
+    if thread.is_alive():
+        raise _DeadlineExceeded(what)
+    if "error" in outcome:
+        raise outcome["error"]
+    return outcome["value"]
 
 
 def _open(target: _Target, addresses, deadline: _Deadline):
     """Connect to the first reachable vetted address and send the request."""
     last_error: OSError | None = None
     for _family, sockaddr in addresses:
-        timeout = deadline.op_timeout("connecting")
         if target.scheme == "https":
-            conn = _PinnedHTTPSConnection(target.host, target.port, sockaddr, timeout, _ssl_context())
+            conn = _PinnedHTTPSConnection(target.host, target.port, sockaddr, deadline, _ssl_context())
         else:
-            conn = _PinnedHTTPConnection(target.host, target.port, sockaddr, timeout)
+            conn = _PinnedHTTPConnection(target.host, target.port, sockaddr, deadline)
         try:
             conn.connect()
         except ssl.CertificateError:
@@ -332,6 +434,8 @@ def _open(target: _Target, addresses, deadline: _Deadline):
             raise FetchRejected(f"TLS error talking to {target.host!r}: {exc.reason or 'handshake failed'}") from None
         except TimeoutError:
             conn.close()
+            if deadline.left() <= 0:
+                raise _DeadlineExceeded(f"connecting to {target.host!r}") from None
             raise FetchRejected(f"timed out connecting to {target.host!r}") from None
         except OSError as exc:
             conn.close()
@@ -353,7 +457,6 @@ def _open(target: _Target, addresses, deadline: _Deadline):
                 "Connection": "close",
             },
         )
-        conn.raw_sock.settimeout(deadline.op_timeout("waiting for response"))
         response = conn.getresponse()
     except BaseException:
         conn.close()
@@ -373,7 +476,6 @@ def _read_body(conn, response, target: _Target, policy: FetchPolicy, deadline: _
     chunks: list[bytes] = []
     received = 0
     while True:
-        conn.raw_sock.settimeout(deadline.op_timeout("reading response body"))
         chunk = response.read1(_CHUNK)
         if not chunk:
             break
@@ -406,9 +508,9 @@ def fetch_url(url: str, *, policy: FetchPolicy, resolver: Resolver = socket.geta
     while True:
         target = _parse_url(url)
         seen.add(target.url)
-        addresses = _resolve(target, policy, resolver)
         conn = response = None
         try:
+            addresses = _resolve(target, policy, resolver, deadline)
             conn, response = _open(target, addresses, deadline)
             status = response.status
             if status in _REDIRECT_STATUSES:
@@ -437,8 +539,14 @@ def fetch_url(url: str, *, policy: FetchPolicy, resolver: Resolver = socket.geta
             if not data:
                 raise FetchRejected("empty response body")
             return FetchedFile(url=target.url, name=name_from_url(target.url), content_type=content_type, data=data)
-        except TimeoutError:
-            raise FetchRejected(f"timed out fetching from {target.host!r}") from None
+        except TimeoutError as exc:
+            if isinstance(exc, _DeadlineExceeded) or deadline.left() <= 0:
+                phase = f" (stopped while {exc})" if isinstance(exc, _DeadlineExceeded) else ""
+                raise FetchRejected(
+                    f"timed out fetching from {target.host!r}: no complete response within the total "
+                    f"time limit of {policy.total_timeout:g} s{phase}") from None
+            raise FetchRejected(
+                f"timed out fetching from {target.host!r}: no data for {policy.timeout:g} s") from None
         except http.client.IncompleteRead:
             raise FetchRejected(f"incomplete response from {target.host!r}") from None
         except (http.client.HTTPException, ssl.SSLError, ssl.CertificateError) as exc:

@@ -100,7 +100,8 @@ def _expand_archives(job: ImportJob, owner: str, heartbeat: lease.Heartbeat) -> 
         members, error = [], ""
         try:
             with default_storage.open(archive.payload, "rb") as fh:
-                for index, member in enumerate(iter_archive(fh, limits=archive_limits())):
+                # Names and per-member errors only: the bytes are read again when ingested.
+                for index, member in enumerate(iter_archive(fh, limits=archive_limits(), keep_data=False)):
                     heartbeat.check()
                     members.append(ImportItem(
                         job=job, kind=ImportItem.Kind.MEMBER, parent=archive, member_index=index,
@@ -202,7 +203,7 @@ def _member_items(archive: ImportItem, pending: dict[int, ImportItem]) -> Iterat
             for index, member in enumerate(iter_archive(fh, limits=archive_limits())):
                 item = pending.pop(index, None)
                 if item is not None:
-                    yield _member_item(archive, item, member.data, member.error)
+                    yield _member_item(archive, item, member, member.error)
     except ArchiveRejected as rejected:
         problem = str(rejected)
     except OSError as error:
@@ -211,12 +212,14 @@ def _member_items(archive: ImportItem, pending: dict[int, ImportItem]) -> Iterat
         yield _member_item(archive, item, None, problem or "no longer in the archive")
 
 
-def _member_item(archive: ImportItem, item: ImportItem, data: bytes | None, error: str | None) -> IngestItem:
+def _member_item(archive: ImportItem, item: ImportItem, member, error: str | None) -> IngestItem:
     return IngestItem(name=item.name, source_ref=f"{archive.name}:{item.name}",
-                      read=partial(_member_bytes, data, error), key=item.pk)
+                      read=partial(_member_bytes, member, error), key=item.pk)
 
 
-def _member_bytes(data: bytes | None, error: str | None) -> bytes:
+def _member_bytes(member, error: str | None) -> bytes:
+    # Read in the decode worker: the member waits in its spool, not in memory, until then.
+    data = member.read() if member is not None and error is None else None
     if data is None:
         raise ItemRejected(error or "unreadable archive member")
     return data

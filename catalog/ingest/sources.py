@@ -5,6 +5,7 @@ from __future__ import annotations
 from collections.abc import Iterator
 from pathlib import Path
 
+from catalog.ingest.names import safe_text
 from catalog.ingest.pipeline import IngestItem
 
 # What a folder import tries by default. Other files (sidecar .json/.xmp, videos, notes) are
@@ -17,17 +18,28 @@ def looks_like_image(path: Path) -> bool:
     return path.suffix.lower() in IMAGE_SUFFIXES
 
 
+def folder_listing(root: Path, *, recursive: bool) -> tuple[list[Path], int]:
+    """Regular files under ``root`` in a stable order, and how many hidden files (a name, or a
+    folder on the way, starting with a dot) were left out."""
+    pattern = "**/*" if recursive else "*"
+    files, hidden = [], 0
+    for path in root.glob(pattern):
+        if not path.is_file() or path.is_symlink():
+            continue
+        if any(part.startswith(".") for part in path.relative_to(root).parts):
+            hidden += 1
+        else:
+            files.append(path)
+    return sorted(files), hidden
+
+
 def folder_files(root: Path, *, recursive: bool) -> list[Path]:
     """Regular files under ``root`` in a stable order, skipping hidden files and folders."""
-    pattern = "**/*" if recursive else "*"
-    return sorted(
-        path for path in root.glob(pattern)
-        if path.is_file() and not path.is_symlink()
-        and not any(part.startswith(".") for part in path.relative_to(root).parts)
-    )
+    return folder_listing(root, recursive=recursive)[0]
 
 
 def path_items(paths: list[Path], *, root: Path | None = None) -> Iterator[IngestItem]:
     for path in paths:
-        name = str(path.relative_to(root)) if root else path.name
-        yield IngestItem(name=name, source_ref=str(path), read=path.read_bytes)
+        # Names that are not valid UTF-8 arrive with surrogate escapes; the path itself still opens.
+        name = safe_text(path.relative_to(root) if root else path.name)
+        yield IngestItem(name=name, source_ref=safe_text(path), read=path.read_bytes)

@@ -1,6 +1,7 @@
 from django.http import HttpRequest, HttpResponse
 from django.shortcuts import get_object_or_404, render
 
+from catalog.accounts.access import read_required
 from catalog.embedder import EmbedderUnavailable
 from catalog.models import Image
 from catalog.search import SearchError, similar_images
@@ -8,6 +9,7 @@ from catalog.search import SearchError, similar_images
 DETAIL_NEIGHBOURS = 12
 
 
+@read_required
 def image_detail(request: HttpRequest, pk: int) -> HttpResponse:
     image = get_object_or_404(Image, pk=pk)
     neighbours, note = [], ""

@@ -1,9 +1,12 @@
 """The import page: upload images or archives, or list URLs; then watch the job's progress."""
 
 from django import forms
+from django.contrib.auth.decorators import login_required
+from django.core.exceptions import PermissionDenied
 from django.http import HttpRequest, HttpResponse
 from django.shortcuts import get_object_or_404, redirect, render
 
+from catalog.accounts.access import IMPORT_PERMISSION, visible_import_jobs
 from catalog.ingest import jobs
 from catalog.models import ImportJob
 
@@ -53,23 +56,27 @@ class ImportForm(forms.Form):
             raise forms.ValidationError("Choose a file to upload or enter at least one URL.")
         return cleaned
 
-    def create_job(self, via: str) -> ImportJob:
+    def create_job(self, via: str, created_by) -> ImportJob:
         data = self.cleaned_data
         return jobs.create_job(files=data["files"], urls=data["urls"], city=data["city"],
-                               group_key=data["group_key"], via=via)
+                               group_key=data["group_key"], via=via, created_by=created_by)
 
 
+@login_required
 def import_page(request: HttpRequest) -> HttpResponse:
+    if not request.user.has_perm(IMPORT_PERMISSION):
+        raise PermissionDenied("Your account may not start imports.")
     form = ImportForm(request.POST, request.FILES) if request.method == "POST" else ImportForm()
     if request.method == "POST" and form.is_valid():
-        job = form.create_job(ImportJob.Via.PAGE)
+        job = form.create_job(ImportJob.Via.PAGE, created_by=request.user)
         return redirect("catalog:import-detail", pk=job.pk)
-    context = {"form": form, "recent": ImportJob.objects.order_by("-created_at")[:RECENT_JOBS]}
+    context = {"form": form, "recent": visible_import_jobs(user=request.user).order_by("-created_at")[:RECENT_JOBS]}
     return render(request, "catalog/imports/index.html", context, status=400 if form.is_bound else 200)
 
 
+@login_required
 def import_detail(request: HttpRequest, pk) -> HttpResponse:
-    job = get_object_or_404(ImportJob, pk=pk)
+    job = get_object_or_404(visible_import_jobs(user=request.user), pk=pk)
     context = {"job": job, "errors": jobs.job_errors(job, limit=ERRORS_SHOWN), "errors_shown": ERRORS_SHOWN,
                "refresh_seconds": REFRESH_SECONDS}
     return render(request, "catalog/imports/detail.html", context)

@@ -2,14 +2,20 @@ from django.http import HttpRequest, HttpResponse
 from django.shortcuts import render
 from django.views.decorators.csrf import csrf_exempt
 
+from catalog.accounts.access import read_required
+
 from catalog.embedder import EmbedderUnavailable
 from catalog.forms import SearchForm
-from catalog.search import SearchError, images_search
+from catalog.search import ImageNotFound, SearchError, images_search
 
 QUERY_FIELDS = ("q", "similar_to")
 
 
-@csrf_exempt  # POST only carries a query picture and changes nothing
+# No CSRF token: the POST only carries a query picture and changes nothing, and a token in the
+# shared GET form would end up in every search URL. Cross-site POSTs carry no session cookie
+# (SameSite=Lax), so with login-only reading they are sent to the login page.
+@csrf_exempt
+@read_required
 def search_page(request: HttpRequest) -> HttpResponse:
     """Text and "more like this" searches are GET (shareable URLs); image uploads are POST."""
     data = request.POST if request.method == "POST" else request.GET
@@ -26,8 +32,8 @@ def search_page(request: HttpRequest) -> HttpResponse:
             context["results"] = images_search(params=form.cleaned_data["params"])
         except EmbedderUnavailable as error:
             context["error"], status = str(error), 503
-        except SearchError as error:
-            context["error"], status = str(error), 404
+        except SearchError as error:  # the same statuses as the API: a missing image is 404
+            context["error"], status = str(error), 404 if isinstance(error, ImageNotFound) else 400
         if context["results"] is not None and request.method == "GET":
             context["page_query"] = _query_without_page(request)  # uploads can't be re-sent by a link
     elif submitted:

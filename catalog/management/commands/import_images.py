@@ -4,7 +4,8 @@ from django.core.management.base import BaseCommand, CommandError
 
 from catalog.embedder import EmbedderUnavailable, get_embedder
 from catalog.ingest.pipeline import IngestOptions, ItemOutcome, ingest_items
-from catalog.ingest.sources import folder_files, looks_like_image, path_items
+from catalog.ingest.names import safe_text
+from catalog.ingest.sources import folder_listing, looks_like_image, path_items
 from catalog.management.progress import progress_bar
 from catalog.models import Image
 from catalog.vector_search import refresh_planner_statistics
@@ -30,12 +31,13 @@ class Command(BaseCommand):
         if not folder.is_dir():
             raise CommandError(f"{folder} is not a folder.")
         folder = folder.resolve()
-        paths = folder_files(folder, recursive=recursive)
+        paths, hidden = folder_listing(folder, recursive=recursive)
         candidates = paths if all_files else [path for path in paths if looks_like_image(path)]
         ignored = len(paths) - len(candidates)
-        self.stdout.write(f"Found {len(paths)} file(s) in {folder}"
-                          + (f"; ignoring {ignored} without an image file extension (--all-files tries them)."
-                             if ignored else "."))
+        notes = ([f"skipping {hidden} hidden"] if hidden else []) + (
+            [f"ignoring {ignored} without an image file extension (--all-files tries them)"] if ignored else [])
+        self.stdout.write(f"Found {len(paths) + hidden} file(s) in {safe_text(folder)}"
+                          + (f"; {'; '.join(notes)}." if notes else "."))
         paths = candidates
         report = import_paths(self, paths, root=folder, source=Image.Source.FOLDER, city=city, group_key=group_key,
                               show_progress=not no_progress)

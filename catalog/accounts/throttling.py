@@ -1,0 +1,47 @@
+"""Request throttles counted in the shared (database) cache, so the limits hold across every web
+process and machine. One rate per scope (settings.THROTTLE_RATES), counted per user, or per
+client address for anonymous callers."""
+
+from __future__ import annotations
+
+from django.conf import settings
+from django.core.cache import caches
+from rest_framework.throttling import SimpleRateThrottle
+
+
+def client_ip(request) -> str:
+    """The caller's address: REMOTE_ADDR, or the X-Forwarded-For entry set by the nearest of
+    IMAGESEARCH_PROXY_COUNT trusted proxies (entries further left can be forged by the client)."""
+    remote = request.META.get("REMOTE_ADDR", "")
+    forwarded = request.META.get("HTTP_X_FORWARDED_FOR")
+    if not settings.PROXY_COUNT or not forwarded:
+        return remote
+    addresses = [part.strip() for part in forwarded.split(",") if part.strip()]
+    return addresses[-min(settings.PROXY_COUNT, len(addresses))] if addresses else remote
+
+
+class ScopeThrottle(SimpleRateThrottle):
+    """Like DRF's ScopedRateThrottle, but the scope may depend on the method
+    (``throttle_scopes = {"POST": "upload"}`` on the view; ``throttle_scope`` for all methods), and
+    rates are read at request time (DRF binds them at import, which settings overrides cannot reach)."""
+
+    def __init__(self):
+        pass  # the rate depends on the view: set in allow_request
+
+    @property
+    def cache(self):
+        return caches["shared"]
+
+    def allow_request(self, request, view) -> bool:
+        scopes = getattr(view, "throttle_scopes", {})
+        self.scope = scopes.get(request.method, getattr(view, "throttle_scope", None))
+        if not self.scope:
+            return True
+        self.rate = settings.THROTTLE_RATES[self.scope]
+        self.num_requests, self.duration = self.parse_rate(self.rate)
+        return super().allow_request(request, view)
+
+    def get_cache_key(self, request, view) -> str:
+        ident = request.user.pk if request.user and request.user.is_authenticated else client_ip(request)
+        kind = "user" if request.user and request.user.is_authenticated else "anon"
+        return f"throttle:{self.scope}:{kind}:{ident}"

@@ -1,0 +1,51 @@
+"""OpenAPI generation: every operation documents the error responses it can give, all in the one
+error shape (component "Error", catalog.api.errors), so generated clients can decode them."""
+
+from __future__ import annotations
+
+from drf_spectacular.openapi import AutoSchema
+from rest_framework.permissions import AllowAny
+
+from catalog.api.errors import ErrorSerializer
+
+ERROR_DESCRIPTIONS = {
+    400: "Invalid input (each bad or unknown field is named in error.fields).",
+    401: "Not logged in: send \"Authorization: Bearer <token>\" (or use a session).",
+    403: "Logged in, but not allowed to do this.",
+    404: "No such object (or page).",
+    413: "The request body or an uploaded file is too large.",
+    414: "The URL is too long.",
+    415: "Unsupported Content-Type for the request body.",
+    429: "Too many requests: wait for Retry-After seconds.",
+    503: "The model or the database is unavailable for a moment: retry after Retry-After seconds.",
+}
+_RETRY_AFTER = {"Retry-After": {"schema": {"type": "integer"}, "description": "Seconds to wait before retrying."}}
+_BODY_METHODS = ("POST", "PUT", "PATCH")
+
+
+class ApiAutoSchema(AutoSchema):
+    def _get_response_bodies(self, direction="response"):
+        responses = super()._get_response_bodies(direction)
+        for status in self.error_statuses():
+            response = self._get_response_for_code(ErrorSerializer, str(status), direction=direction)
+            response["description"] = ERROR_DESCRIPTIONS[status]
+            if status in (429, 503):
+                response["headers"] = _RETRY_AFTER
+            responses.setdefault(str(status), response)
+        return responses
+
+    def error_statuses(self) -> list[int]:
+        """What this operation can answer besides success: 400 (unknown query parameters are refused
+        everywhere), 414 (URL length) and 503 always; the rest as the view's permissions, throttles, path and body imply."""
+        view, method = self.view, self.method.upper()
+        statuses = {400, 414, 503}
+        if not all(isinstance(permission, AllowAny) for permission in view.get_permissions()):
+            statuses |= {401, 403}
+        paginated = method == "GET" and self._get_paginator() is not None  # an invalid page is a 404
+        if "{" in self.path or paginated or 404 in getattr(view, "error_statuses", ()):
+            statuses.add(404)
+        if method in _BODY_METHODS:
+            statuses |= {413, 415}
+        if getattr(view, "throttle_classes", None):
+            statuses.add(429)
+        return sorted(statuses)

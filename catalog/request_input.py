@@ -1,0 +1,111 @@
+"""Request input that no view should have to guard against, refused with a clear 4xx, and every
+error under /api/ in the API's one JSON shape (catalog.api.errors), whoever produced it.
+
+* URLs longer than MAX_URL_LENGTH: 414.
+* A NUL character in the query string (PostgreSQL text cannot hold one; filters such as the
+  admin's ``?city=`` would otherwise reach the database with it): 400.
+* Django's own refusals (unknown path, wrong method outside DRF, oversized or malformed bodies,
+  CSRF failures, server errors) under /api/: rewritten into the error shape, status kept.
+Bodies are refused where they are parsed (catalog.uploads, catalog.api.parsers, the handlers
+below), never read here.
+"""
+
+from __future__ import annotations
+
+import json
+from http import HTTPStatus
+
+from django.http import HttpRequest, HttpResponse
+from django.template.loader import render_to_string
+
+API_PREFIX = "/api/"
+MAX_URL_LENGTH = 8192  # what common proxies accept (nginx: 8 KiB headers); longer URLs are mistakes
+
+_CODES = {400: "bad_request", 401: "not_authenticated", 403: "permission_denied", 404: "not_found",
+          405: "method_not_allowed", 406: "not_acceptable", 413: "too_large", 414: "uri_too_long",
+          415: "unsupported_media_type", 429: "throttled", 500: "server_error", 503: "unavailable"}
+_MESSAGES = {404: "There is no API endpoint at this address; see /api/schema/.",
+             500: "The server failed to answer this request; it has been logged."}
+
+
+def is_api(request: HttpRequest) -> bool:
+    return request.path_info.startswith(API_PREFIX)
+
+
+def refusal(request: HttpRequest, status: int, message: str, code: str | None = None) -> HttpResponse:
+    """A 4xx/5xx: the JSON error shape under /api/, a page in the site's style elsewhere."""
+    from catalog.api.errors import error_response
+
+    if is_api(request):
+        return error_response(status, code or _CODES.get(status, "error"), message)
+    title = HTTPStatus(status).phrase if status in HTTPStatus._value2member_map_ else "Error"
+    html = render_to_string("request_error.html", {"title": title, "message": message}, request=request)
+    return HttpResponse(html, status=status)
+
+
+class RequestInputMiddleware:
+    """First in MIDDLEWARE, so that it also sees the responses of every other middleware."""
+
+    def __init__(self, get_response):
+        self.get_response = get_response
+
+    def __call__(self, request: HttpRequest) -> HttpResponse:
+        response = self._refuse(request) or self.get_response(request)
+        if is_api(request) and response.status_code >= 400 and not _is_json(response):
+            response = _as_api_error(response)
+        return response
+
+    def _refuse(self, request: HttpRequest) -> HttpResponse | None:
+        if len(request.get_full_path()) > MAX_URL_LENGTH:
+            return refusal(request, 414, f"The URL is longer than {MAX_URL_LENGTH} characters.")
+        if any("\x00" in key or any("\x00" in value for value in values) for key, values in request.GET.lists()):
+            return refusal(request, 400, "The query string contains a NUL character.", code="invalid")
+        return None
+
+
+def _is_json(response: HttpResponse) -> bool:
+    return response.get("Content-Type", "").split(";")[0].strip() in ("application/json", "application/problem+json")
+
+
+def _as_api_error(response: HttpResponse) -> HttpResponse:
+    """The same status (and headers such as Allow, Retry-After) with a JSON error body."""
+    from catalog.api.errors import error_body
+
+    status = response.status_code
+    phrase = HTTPStatus(status).phrase if status in HTTPStatus._value2member_map_ else "Error"
+    message = _MESSAGES.get(status, f"{phrase}.")
+    if status == 403 and b"CSRF" in getattr(response, "content", b""):
+        message = "CSRF check failed: send the CSRF token with session-authenticated requests, or use a token."
+    body = json.dumps(error_body(status, _CODES.get(status, "error"), message))
+    rewritten = HttpResponse(body, status=status, content_type="application/json")
+    for header in ("Allow", "Retry-After", "WWW-Authenticate", "Vary"):
+        if header in response:
+            rewritten[header] = response[header]
+    return rewritten
+
+
+# --------------------------------------------------------------------------
+# Django's error handlers (imagesearch/urls.py): refused bodies keep their reason
+
+
+def bad_request(request: HttpRequest, exception=None) -> HttpResponse:
+    from catalog.api.errors import request_problem
+
+    problem = request_problem(exception)
+    if problem:
+        status, code, message = problem
+        return refusal(request, status, message, code=code)
+    return refusal(request, 400, "The request could not be understood.")
+
+
+def not_found(request: HttpRequest, exception=None) -> HttpResponse:
+    if is_api(request):
+        return refusal(request, 404, _MESSAGES[404])
+    return refusal(request, 404, "There is nothing at this address.")
+
+
+def server_error(request: HttpRequest) -> HttpResponse:
+    if is_api(request):
+        return refusal(request, 500, _MESSAGES[500])
+    # Plain: the site's templates may be what failed.
+    return HttpResponse("<h1>Server error</h1><p>The server failed to answer; it has been logged.</p>", status=500)

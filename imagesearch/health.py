@@ -1,0 +1,69 @@
+"""Probes for supervisors and load balancers: tiny JSON, no login, no templates.
+
+/healthz: the process answers (liveness). /readyz: the database answers and the CLIP model is
+loaded (readiness); the first call starts loading the model in the background."""
+
+from __future__ import annotations
+
+import threading
+
+from django.db import DatabaseError, connection
+from django.http import JsonResponse
+from django.views.decorators.cache import never_cache
+from django.views.decorators.http import require_safe
+
+_loader: threading.Thread | None = None
+_loader_lock = threading.Lock()
+_load_error: str | None = None
+
+
+@never_cache
+@require_safe
+def healthz(request):
+    return JsonResponse({"status": "ok"})
+
+
+@never_cache
+@require_safe
+def readyz(request):
+    checks = {"database": _database(), "model": _model()}
+    ready = all(value == "ok" for value in checks.values())
+    return JsonResponse({"status": "ok" if ready else "unavailable", **checks}, status=200 if ready else 503)
+
+
+def _database() -> str:
+    try:
+        with connection.cursor() as cursor:
+            cursor.execute("SELECT 1")
+    except DatabaseError as exc:
+        return f"unavailable: {type(exc).__name__}"
+    return "ok"
+
+
+def _model() -> str:
+    from catalog import embedder
+
+    current = embedder._embedder  # noqa: SLF001 - read-only peek, never triggers a load here
+    if current is not None and current._loaded and current.config == embedder.EmbedderConfig.from_settings():  # noqa: SLF001
+        return "ok"
+    _start_loading()
+    return f"failed: {_load_error}" if _load_error else "loading"
+
+
+def _start_loading() -> None:
+    global _loader
+    with _loader_lock:
+        if _loader is None or not _loader.is_alive():
+            _loader = threading.Thread(target=_load, name="readyz-model-load", daemon=True)
+            _loader.start()
+
+
+def _load() -> None:
+    global _load_error
+    from catalog.embedder import get_embedder
+
+    try:
+        get_embedder()
+        _load_error = None
+    except Exception as exc:  # noqa: BLE001 - reported by /readyz, retried on its next call
+        _load_error = str(exc).splitlines()[0] if str(exc) else type(exc).__name__

@@ -1,0 +1,40 @@
+"""While the database cannot be reached, answer 503 (and recover by itself) instead of a 500.
+
+Django opens a new connection for the next request (CONN_HEALTH_CHECKS drops broken ones),
+so nothing needs resetting when the database is back."""
+
+from __future__ import annotations
+
+import logging
+
+from django.db import InterfaceError, OperationalError
+from django.http import HttpResponse, JsonResponse
+from django.template.loader import render_to_string
+from django.utils.deprecation import MiddlewareMixin
+
+logger = logging.getLogger(__name__)
+
+DATABASE_ERRORS = (OperationalError, InterfaceError)
+RETRY_AFTER_SECONDS = 5
+
+
+def database_unavailable_response(request) -> HttpResponse:
+    """503 in the API's one error shape under /api/, a short page elsewhere."""
+    from catalog.api.errors import DATABASE_UNAVAILABLE, error_body
+
+    if request.path.startswith("/api/"):
+        response = JsonResponse(error_body(503, "database_unavailable", DATABASE_UNAVAILABLE), status=503)
+    else:
+        # Rendered without the request: the site's context (user, messages) would need the database.
+        response = HttpResponse(render_to_string("503_database.html"), status=503)
+    response["Retry-After"] = str(RETRY_AFTER_SECONDS)
+    return response
+
+
+class DatabaseUnavailableMiddleware(MiddlewareMixin):
+    def process_exception(self, request, exception):
+        if not isinstance(exception, DATABASE_ERRORS):
+            return None
+        logger.warning("database unavailable (%s %s): %s", request.method, request.path,
+                       str(exception).splitlines()[0] if str(exception) else type(exception).__name__)
+        return database_unavailable_response(request)

@@ -1,0 +1,114 @@
+"""The project's own hostile inputs, generated in memory (no binary fixtures): what each must
+become when imported. Used by tests/test_hostile_ingest.py and bench/hostile_memory.py."""
+
+from __future__ import annotations
+
+import io
+import struct
+import zipfile
+import zlib
+from dataclasses import dataclass
+
+import numpy as np
+from PIL import ExifTags, Image
+
+MB = 1024 * 1024
+
+
+@dataclass(frozen=True)
+class Case:
+    name: str
+    data: bytes
+    error: str | None  # a substring of the item's error; None: the image must be stored
+
+
+def png_chunk(kind: bytes, data: bytes) -> bytes:
+    return struct.pack(">I", len(data)) + kind + data + struct.pack(">I", zlib.crc32(kind + data))
+
+
+def png(width: int, height: int, *, rows: bytes | None = None, depth: int = 8, color: int = 0) -> bytes:
+    """A PNG of ``width`` x ``height``; ``rows`` (filtered scanlines) default to black, b"" for a
+    header-only file that claims the size and has no pixels."""
+    if rows is None:
+        row = b"\x00" + b"\x00" * ((width * depth * (3 if color == 2 else 1) + 7) // 8)
+        compressor, parts = zlib.compressobj(9), []
+        for _ in range(height):
+            parts.append(compressor.compress(row))
+        rows = b"".join(parts) + compressor.flush()
+    body = png_chunk(b"IHDR", struct.pack(">IIBBBBB", width, height, depth, color, 0, 0, 0))
+    if rows:
+        body += png_chunk(b"IDAT", rows)
+    return b"\x89PNG\r\n\x1a\n" + body + png_chunk(b"IEND", b"")
+
+
+def photo(index: int, size=(96, 64), fmt="JPEG", **save) -> bytes:
+    """A small, distinct picture."""
+    rng = np.random.default_rng(index)
+    coarse = rng.integers(0, 256, (4, 6, 3), dtype=np.uint8)
+    image = Image.fromarray(coarse).resize(size, Image.Resampling.BICUBIC)
+    buffer = io.BytesIO()
+    image.save(buffer, fmt, **save)
+    return buffer.getvalue()
+
+
+def jpeg_taken(index: int, when: str, offset: str) -> bytes:
+    exif = Image.Exif()
+    exif.get_ifd(ExifTags.IFD.Exif).update({ExifTags.Base.DateTimeOriginal: when,
+                                            ExifTags.Base.OffsetTimeOriginal: offset})
+    return photo(index, exif=exif.tobytes())
+
+
+def flat_float_tiff(value: float, size=(40, 30)) -> bytes:
+    buffer = io.BytesIO()
+    Image.new("F", size, value).save(buffer, "TIFF")
+    return buffer.getvalue()
+
+
+def jpeg_header(width: int, height: int) -> bytes:
+    """SOI + a baseline SOF0 claiming the size, then nothing."""
+    sof = struct.pack(">BHHB", 8, height, width, 3) + b"".join(bytes([i, 0x11, 0]) for i in (1, 2, 3))
+    return b"\xff\xd8" + b"\xff\xc0" + struct.pack(">H", len(sof) + 2) + sof
+
+
+def zip_of_zeros(members: int = 16, member_bytes: int = 60 * MB) -> bytes:
+    """A small zip that inflates to ``members`` x ``member_bytes`` of zeros (each a "not an image")."""
+    buffer = io.BytesIO()
+    with zipfile.ZipFile(buffer, "w", zipfile.ZIP_DEFLATED, compresslevel=9) as zf:
+        for index in range(members):
+            with zf.open(f"zeros-{index:02d}.jpg", "w", force_zip64=True) as member:
+                block = b"\x00" * MB
+                for _ in range(member_bytes // MB):
+                    member.write(block)
+    return buffer.getvalue()
+
+
+def good_zip(first_index: int, count: int) -> bytes:
+    buffer = io.BytesIO()
+    with zipfile.ZipFile(buffer, "w") as zf:
+        for index in range(first_index, first_index + count):
+            zf.writestr(f"photos/{index}.jpg", photo(index))
+    return buffer.getvalue()
+
+
+def hostile_cases(*, good: int = 6) -> list[Case]:
+    """Hostile files mixed with ``good`` good photos (plus good images with hostile metadata)."""
+    cases = [Case(f"good-{i}.jpg", photo(i), None) for i in range(good)]
+    cases += [
+        Case("wide-20000x1.png", png(20000, 1), "aspect ratio 20000:1 exceeds limit"),
+        Case("tall-1x20000.png", png(1, 20000), "aspect ratio 1:20000 exceeds limit"),
+        Case("wide-200000x1.png", png(200000, 1), "aspect ratio 200000:1 exceeds limit"),
+        Case("bomb-header.png", png(100_000, 100_000, rows=b""), "image too large"),
+        # Under the pixel limit, so it is allocated and decoded: 90 Mpx of nothing.
+        Case("huge-no-pixels.png", png(10_000, 9_000, rows=b""), "truncated or corrupt"),
+        Case("huge-no-pixels.jpg", jpeg_header(10_000, 9_000), "truncated or corrupt"),
+        Case("huge-header.jpg", jpeg_header(65_000, 65_000), "image too large"),
+        Case("truncated.jpg", photo(900, size=(400, 300))[:1500], "truncated or corrupt"),
+        Case("empty.png", b"", "empty file"),
+        Case("notes.jpg", b"a shopping list, not a photo\n" * 20, "not an image"),
+        # Good images with hostile metadata: stored, the impossible date dropped.
+        Case("bc-date.jpg", jpeg_taken(901, "0001:01:01 00:00:00", "+14:00"), None),
+        Case("after-9999.jpg", jpeg_taken(902, "9999:12:31 23:00:00", "-10:00"), None),
+        Case("flat-float.tif", flat_float_tiff(0.25), None),
+        Case("panorama-8x1.png", photo(903, size=(800, 100), fmt="PNG"), None),
+    ]
+    return cases
