@@ -17,9 +17,7 @@ RUN IMAGESEARCH_SECRET_KEY=build DATABASE_URL=postgres://build@localhost/build \
 EXPOSE 8000
 # uvicorn in front of Django's ASGI handler: slow clients hold a coroutine, not a thread. One
 # process (one copy of the CLIP model); put nginx in front in production (README "Production").
-# X-Forwarded-* are read by Django alone (IMAGESEARCH_PROXY_COUNT), not rewritten by uvicorn.
-CMD ["python", "-m", "uvicorn", "imagesearch.asgi:application", "--host", "0.0.0.0", "--port", "8000", \
-     "--lifespan", "off", "--ws", "none", "--timeout-graceful-shutdown", "20", "--no-proxy-headers"]
+CMD ["python", "-m", "imagesearch.webserver", "--host", "0.0.0.0", "--port", "8000"]
 # Liveness: the process answers. (Readiness, database + model, is /readyz: see docker-compose.yml.)
 HEALTHCHECK --interval=15s --timeout=5s --start-period=30s --retries=3 \
   CMD ["python", "-c", "import urllib.request; urllib.request.urlopen('http://127.0.0.1:8000/healthz', timeout=4)"]

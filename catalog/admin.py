@@ -107,6 +107,7 @@ from django.urls import reverse  # noqa: E402
 from django.utils.html import format_html_join  # noqa: E402
 
 from catalog.accounts.access import RETRY_PERMISSION  # noqa: E402
+from catalog.accounts.throttling import throttled_page  # noqa: E402
 from catalog.ingest import jobs as import_jobs  # noqa: E402
 from catalog.models import ImportJob  # noqa: E402
 
@@ -167,6 +168,8 @@ class ImportJobAdmin(admin.ModelAdmin):
 
         if not self.has_add_permission(request):
             raise PermissionDenied
+        if request.method == "POST" and (refused := throttled_page(request, "upload")):
+            return refused
         form = ImportForm(request.POST, request.FILES) if request.method == "POST" else ImportForm()
         if request.method == "POST" and form.is_valid():
             job = form.create_job(ImportJob.Via.ADMIN, created_by=request.user)

@@ -38,9 +38,10 @@ def too_large_message(name: str | None = None) -> str:
 
 
 def max_body_bytes() -> int:
-    """The largest multipart body that can be valid: every file at its limit plus the form fields."""
-    return (settings.IMPORT_MAX_UPLOAD_BYTES * settings.DATA_UPLOAD_MAX_NUMBER_FILES
-            + settings.DATA_UPLOAD_MAX_MEMORY_SIZE)
+    """The largest request body accepted at all: one request's files together up to
+    IMAGESEARCH_MAX_UPLOAD_BYTES, plus the form fields (imagesearch/asgi.py refuses more before
+    reading it; more pictures go in an archive or further requests)."""
+    return settings.IMPORT_MAX_UPLOAD_BYTES + settings.DATA_UPLOAD_MAX_MEMORY_SIZE
 
 
 class LimitedUploadHandler(FileUploadHandler):

@@ -1,7 +1,11 @@
 """Probes for supervisors and load balancers: tiny JSON, no login, no templates.
 
 /healthz: the process answers (liveness). /readyz: the database answers and the CLIP model is
-loaded (readiness); the first call starts loading the model in the background."""
+loaded (readiness); the first call starts loading the model in the background.
+
+Answered by ``HealthCheckMiddleware``, first in MIDDLEWARE: a probe from inside the container
+(``Host: 127.0.0.1``, plain http) must not be refused by ALLOWED_HOSTS nor redirected to https by
+the production switch."""
 
 from __future__ import annotations
 
@@ -17,6 +21,15 @@ _loader_lock = threading.Lock()
 _load_error: str | None = None
 
 
+class HealthCheckMiddleware:
+    def __init__(self, get_response):
+        self.get_response = get_response
+
+    def __call__(self, request):
+        probe = PROBES.get(request.path_info)
+        return probe(request) if probe is not None else self.get_response(request)
+
+
 @never_cache
 @require_safe
 def healthz(request):
@@ -29,6 +42,9 @@ def readyz(request):
     checks = {"database": _database(), "model": _model()}
     ready = all(value == "ok" for value in checks.values())
     return JsonResponse({"status": "ok" if ready else "unavailable", **checks}, status=200 if ready else 503)
+
+
+PROBES = {"/healthz": healthz, "/readyz": readyz}
 
 
 def _database() -> str:

@@ -6,6 +6,7 @@ so nothing needs resetting when the database is back."""
 from __future__ import annotations
 
 import logging
+import sys
 
 from django.db import InterfaceError, OperationalError
 from django.http import HttpResponse, JsonResponse
@@ -38,3 +39,13 @@ class DatabaseUnavailableMiddleware(MiddlewareMixin):
         logger.warning("database unavailable (%s %s): %s", request.method, request.path,
                        str(exception).splitlines()[0] if str(exception) else type(exception).__name__)
         return database_unavailable_response(request)
+
+
+def server_error(request) -> HttpResponse:
+    """handler500. Django calls it inside its ``except`` block: a database outage met outside a
+    view (a session saved by middleware, say) is a 503 like any other, not a 500."""
+    from catalog.request_input import server_error as plain_server_error
+
+    if isinstance(sys.exc_info()[1], DATABASE_ERRORS):
+        return database_unavailable_response(request)
+    return plain_server_error(request)

@@ -58,6 +58,8 @@ INSTALLED_APPS = [
 ]
 
 MIDDLEWARE = [
+    # /healthz and /readyz, ahead of the host check and the https redirect (imagesearch/health.py).
+    "imagesearch.health.HealthCheckMiddleware",
     "django.middleware.security.SecurityMiddleware",
     # Over-long URLs, NUL in query strings; every error under /api/ in the JSON error shape.
     "catalog.request_input.RequestInputMiddleware",
@@ -121,6 +123,10 @@ else:
     }
 DATABASES["default"]["CONN_MAX_AGE"] = env.int("IMAGESEARCH_DB_CONN_MAX_AGE", 60, minimum=0)
 DATABASES["default"]["CONN_HEALTH_CHECKS"] = True
+# A database that accepts no connection (frozen, or a black-holed address) costs a request this
+# many seconds, then a 503, instead of hanging it. ?connect_timeout= in DATABASE_URL wins.
+DATABASES["default"]["OPTIONS"].setdefault(
+    "connect_timeout", env.int("IMAGESEARCH_DB_CONNECT_TIMEOUT", 5, minimum=1, maximum=600))
 DEFAULT_AUTO_FIELD = "django.db.models.BigAutoField"
 
 # --- Storage --------------------------------------------------------------
@@ -279,8 +285,9 @@ REST_FRAMEWORK = {
     # DRF's, bounded like Django's forms (IMAGESEARCH_MAX_REQUEST_BYTES); nested JSON is a 400.
     "DEFAULT_PARSER_CLASSES": ["catalog.api.parsers.JSONParser", "catalog.api.parsers.MultiPartParser",
                                "catalog.api.parsers.FormParser"],
-    # Token first: an anonymous request then gets 401 with "WWW-Authenticate: Bearer".
-    "DEFAULT_AUTHENTICATION_CLASSES": ["knox.auth.TokenAuthentication",
+    # Token first: an anonymous request then gets 401 with "WWW-Authenticate: Bearer". knox's class,
+    # with unreadable headers (not UTF-8, NUL) refused as 401 instead of failing.
+    "DEFAULT_AUTHENTICATION_CLASSES": ["catalog.accounts.authentication.BearerTokenAuthentication",
                                        "rest_framework.authentication.SessionAuthentication"],
     "DEFAULT_PERMISSION_CLASSES": ["catalog.accounts.permissions.CanRead"],
     "NUM_PROXIES": PROXY_COUNT,

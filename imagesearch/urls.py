@@ -8,14 +8,15 @@ from django.http import Http404
 from django.views.static import serve
 
 from catalog.accounts.access import read_required
-from imagesearch import health
+from catalog.accounts.throttling import throttle_posts
 
 urlpatterns = [
-    # Liveness and readiness probes: public, tiny JSON (imagesearch/health.py).
-    path("healthz", health.healthz, name="healthz"),
-    path("readyz", health.readyz, name="readyz"),
+    # Login POSTs count in the API token login's budget per address (axes only locks username + address).
+    # Listed before admin/ so it takes the admin's own login URL; reverse("admin:login") still points here.
+    path("admin/login/", throttle_posts("login")(admin.site.login)),
     path("admin/", admin.site.urls),
-    path("accounts/login/", auth_views.LoginView.as_view(redirect_authenticated_user=True), name="login"),
+    path("accounts/login/", throttle_posts("login")(auth_views.LoginView.as_view(redirect_authenticated_user=True)),
+         name="login"),
     path("accounts/logout/", auth_views.LogoutView.as_view(), name="logout"),
     path("accounts/password/", auth_views.PasswordChangeView.as_view(), name="password_change"),
     path("accounts/password/done/", auth_views.PasswordChangeDoneView.as_view(), name="password_change_done"),
@@ -49,7 +50,7 @@ def serve_media(request, path):
 
 handler400 = "catalog.request_input.bad_request"
 handler404 = "catalog.request_input.not_found"
-handler500 = "catalog.request_input.server_error"
+handler500 = "imagesearch.middleware.server_error"  # 503 while the database is down
 
 
 if settings.SERVE_MEDIA and settings.MEDIA_URL.startswith("/"):

@@ -127,6 +127,17 @@ def test_media_files_accept_a_bearer_token(client, stored, api_token):
     assert client.get(path, HTTP_AUTHORIZATION="Bearer not-a-token").status_code == 302
 
 
+@pytest.mark.parametrize("header", ["Bearer \xe9", "Bearer \x00abc"])  # not UTF-8 once encoded; NUL
+def test_unreadable_bearer_headers_leave_pages_and_media_anonymous(client, settings, stored, header):
+    image = stored[0]
+    for path in ["/", "/?q=bus", f"/images/{image.pk}/", f"/media/{image.file.name}"]:
+        response = client.get(path, HTTP_AUTHORIZATION=header)
+        assert response.status_code == 302 and response["Location"].startswith("/accounts/login/"), path
+    settings.PUBLIC_READ = True
+    assert client.get(f"/media/{image.file.name}", HTTP_AUTHORIZATION=header).status_code == 200
+    assert client.get("/", HTTP_AUTHORIZATION=header).status_code == 200
+
+
 # --- logged in, without the permission -----------------------------------------------------------
 
 def test_user_without_permission_gets_403_on_every_write(client, stored, failed_job):

@@ -78,3 +78,30 @@ def test_api_and_pages_answer_503_while_the_database_is_unreachable_and_recover(
     response = client.post("/api/search/", {"q": "kept", "top_k": 3}, content_type="application/json")
     assert response.status_code == 200
     assert client.get("/readyz").status_code == 200
+
+
+def test_a_database_error_met_outside_a_view_is_a_503_not_a_500(rf):
+    """handler500 runs inside Django's except block, e.g. for a session saved by middleware."""
+    from django.db import OperationalError
+
+    from imagesearch.middleware import server_error
+
+    for path, kind in (("/api/images/", "application/json"), ("/images/1/", "text/html")):
+        try:
+            raise OperationalError("connection refused")
+        except OperationalError:
+            response = server_error(rf.get(path))
+        assert (response.status_code, response["Content-Type"].split(";")[0]) == (503, kind)
+    try:
+        raise ValueError("a bug")
+    except ValueError:
+        assert server_error(rf.get("/api/images/")).status_code == 500
+
+
+def test_probes_answer_in_production_mode_from_inside_the_container(client, settings):
+    """Host 127.0.0.1 over plain http: neither refused by ALLOWED_HOSTS nor redirected to https."""
+    settings.ALLOWED_HOSTS = ["images.example.com"]
+    settings.SECURE_SSL_REDIRECT = True
+    assert client.get("/healthz", HTTP_HOST="127.0.0.1:8000").status_code == 200
+    assert client.get("/api/images/", HTTP_HOST="127.0.0.1:8000").status_code == 400  # the host check stands
+    assert client.get("/api/images/", HTTP_HOST="images.example.com").status_code == 301  # so does the redirect

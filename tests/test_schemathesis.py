@@ -37,7 +37,7 @@ def test_the_api_keeps_its_schema_under_fuzzing(live_server, writer, tmp_path):
     (tmp_path / "schemathesis.toml").write_text(SCHEMATHESIS_CONFIG)
     command = [str(SCHEMATHESIS), "--no-color", "--config-file", str(tmp_path / "schemathesis.toml"), "run",
                f"{live_server.url}/api/schema/?format=json",
-               "--checks", CHECKS, "--max-examples", "20", "--max-time", "120", "--seed", "1",
+               "--checks", CHECKS, "--max-examples", "20", "--max-time", "90", "--seed", "1",
                "--generation-deterministic", "--request-timeout", "20", "--workers", "1",
                "--exclude-path-regex", "^/api/auth/",  # login throttling and token revocation: tests/test_tokens.py
                "-H", f"Authorization: Bearer {token}"]

@@ -1,5 +1,6 @@
-"""Throttles: per user and per anonymous address on search, upload/import and token login; a 429 in
-the one error shape with Retry-After; counted in the database cache, so two web processes share them."""
+"""Throttles: per user and per anonymous address on search, upload/import and login, for the API and
+the pages alike (one budget per scope); a 429 (the one error shape on the API, a page elsewhere) with
+Retry-After; counted in the database cache, so two web processes share them."""
 
 import json
 import os
@@ -13,9 +14,11 @@ from pathlib import Path
 
 import pytest
 from django.core.cache import caches
+from django.core.files.uploadedfile import SimpleUploadedFile
 from django.db import connection
 from django.test import Client
 
+from catalog.models import ImportJob
 from tests.conftest import make_user
 
 REPO = Path(__file__).resolve().parent.parent
@@ -84,6 +87,72 @@ def test_token_login_is_throttled(settings):
                            content_type="application/json").status_code == 201
     assert_throttled(client.post("/api/auth/token/", {"username": "reader", "password": "s3cret-pass"},
                                  content_type="application/json"))
+
+
+def assert_throttled_page(response):
+    """A 429 page in the site's style (not the JSON shape), with Retry-After."""
+    assert response.status_code == 429, response.content[:500]
+    assert response["Content-Type"].startswith("text/html")
+    page = response.content.decode()
+    assert 'class="site-header"' in page and "Too many requests" in page
+    assert 0 < int(response["Retry-After"]) <= 60
+
+
+@pytest.mark.django_db
+def test_search_page_shares_the_search_budget_with_the_api(settings, image_bytes):
+    settings.THROTTLE_RATES = {**settings.THROTTLE_RATES, "search": "2/min"}
+    client = Client()
+    assert search(client).status_code == 400  # the API ...
+    assert client.get("/", {"search": "1"}).status_code == 400  # ... and an empty page search: one budget
+    assert client.get("/").status_code == 200  # the bare page runs no search: not counted, never refused
+    # Refused before any work: neither the text nor the uploaded picture reaches the model.
+    assert_throttled_page(client.get("/", {"q": "a red bus"}))
+    assert_throttled_page(client.post("/", {"image": SimpleUploadedFile("q.jpg", image_bytes())}))
+    assert_throttled_page(client.get("/", {"similar_to": "1"}))
+    assert_throttled(search(client))
+    assert Client(REMOTE_ADDR="10.9.8.7").get("/", {"search": "1"}).status_code == 400
+
+
+@pytest.mark.django_db
+def test_page_searches_count_per_user_with_session_or_token(settings, writer_client, api_token):
+    settings.THROTTLE_RATES = {**settings.THROTTLE_RATES, "search": "2/min"}
+    Client().get("/", {"search": "1"})  # the address's count is not the user's
+    assert writer_client.get("/", {"search": "1"}).status_code == 400
+    assert search(Client(), HTTP_AUTHORIZATION=f"Bearer {api_token}").status_code == 400  # same user, by token
+    assert_throttled_page(writer_client.get("/", {"q": "a red bus"}))
+    assert_throttled_page(Client().get("/", {"q": "a red bus"}, HTTP_AUTHORIZATION=f"Bearer {api_token}"))
+
+
+@pytest.mark.django_db
+def test_import_page_and_admin_import_share_the_upload_budget_with_the_api(settings, writer_client, admin_client):
+    settings.THROTTLE_RATES = {**settings.THROTTLE_RATES, "upload": "1/min"}
+    urls = {"urls": "https://example.com/a.jpg"}
+    assert writer_client.post("/api/imports/", {"urls": ["https://example.com/a.jpg"]},
+                              content_type="application/json").status_code == 202
+    assert_throttled_page(writer_client.post("/imports/", urls))
+    assert writer_client.get("/imports/").status_code == 200  # looking is not uploading
+    assert admin_client.post("/imports/", urls).status_code == 302  # another user: their own budget
+    assert_throttled_page(admin_client.post("/admin/catalog/importjob/add/", urls))
+    assert ImportJob.objects.count() == 2
+
+
+@pytest.mark.django_db
+def test_password_spraying_across_usernames_is_throttled_per_address(settings):
+    settings.THROTTLE_RATES = {**settings.THROTTLE_RATES, "login": "10/min"}  # the default rate
+    client = Client()
+    assert client.get("/accounts/login/").status_code == 200 and client.get("/admin/login/").status_code == 200
+    statuses = []
+    for index in range(20):  # a different username each time: django-axes alone never locks any of them
+        path = "/accounts/login/" if index % 2 else "/admin/login/"
+        response = client.post(path, {"username": f"user{index}", "password": "guess"})
+        statuses.append(response.status_code)
+        if response.status_code == 429:
+            assert_throttled_page(response)
+    assert statuses == [200] * 10 + [429] * 10
+    # The API's token login is the same budget; another address has its own.
+    assert_throttled(client.post("/api/auth/token/", {"username": "user0", "password": "guess"},
+                                 content_type="application/json"))
+    assert Client(REMOTE_ADDR="10.9.8.7").post("/accounts/login/", {"username": "u", "password": "p"}).status_code == 200
 
 
 def free_port() -> int:

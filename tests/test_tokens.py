@@ -95,6 +95,46 @@ def test_a_shorter_expiry_may_be_asked_for_but_not_a_longer_one(client, settings
     assert AuthToken.objects.count() == 1
 
 
+def test_huge_expiry_requests_are_400_not_server_errors(client, settings, writer_with_password):
+    from catalog.accounts import tokens
+
+    for days in (10**30, 10**9, 31):
+        response = client.post("/api/auth/token/", {"username": "writer", "password": PASSWORD, "expires_days": days},
+                               content_type="application/json")
+        assert response.status_code == 400 and "expires_days" in api_error(response)["fields"], days
+    # Also where tokens never expire (TTL 0): no overflow, a clear refusal.
+    settings.REST_KNOX = {**settings.REST_KNOX, "TOKEN_TTL": None}
+    for days in (10**30, tokens.MAX_EXPIRES_DAYS + 1):
+        with pytest.raises(tokens.TokenError, match="at most"):
+            tokens.create_token(user=writer_with_password, expires_days=days)
+    with pytest.raises(CommandError, match="at most"):
+        call_command("tokens", "create", "writer", "--expires-days", str(10**30))
+    assert not AuthToken.objects.exists()
+
+
+@pytest.mark.parametrize("header", ["Bearer \xe9", "Bearer \xff\xfe", "Bearer \x00abc", "Bearer abc\x7f"])
+def test_unreadable_bearer_headers_are_401_in_the_error_shape(client, writer_with_password, header):
+    # The test client passes the str on as the server would: bytes decoded as latin-1 (\xe9 is not UTF-8).
+    for method, path in [("get", "/api/images/"), ("post", "/api/search/"), ("get", "/api/auth/tokens/"),
+                         ("post", "/api/auth/logout/"), ("delete", "/api/auth/tokens/0123456789abcde/")]:
+        response = getattr(client, method)(path, HTTP_AUTHORIZATION=header)
+        assert response.status_code == 401, (header, path, response.content)
+        assert api_error(response)["code"] == "authentication_failed"
+
+
+def test_revoking_a_malformed_prefix_is_404(client, writer_with_password):
+    from catalog.accounts.tokens import is_token_prefix
+
+    token = get_token(client)
+    assert is_token_prefix(token["prefix"])
+    for prefix in ["%00", "abc%00def", "%E9", token["prefix"].upper(), token["prefix"] + "0", token["prefix"][:-1]]:
+        response = client.delete(f"/api/auth/tokens/{prefix}/", **bearer(token["token"]))
+        assert response.status_code == 404 and api_error(response)["code"] == "not_found", prefix
+    with pytest.raises(CommandError, match="No token with prefix"):
+        call_command("tokens", "revoke", "\x00")
+    assert AuthToken.objects.count() == 1
+
+
 def test_expired_tokens_are_refused_and_deleted(client, writer_with_password):
     token = get_token(client)["token"]
     AuthToken.objects.update(expiry=timezone.now() - timedelta(seconds=1))

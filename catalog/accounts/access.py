@@ -27,10 +27,10 @@ def request_user(request):
     views such as media files are fetched by API clients too), else the anonymous user."""
     if request.user.is_authenticated:
         return request.user
-    from knox.auth import TokenAuthentication
+    from catalog.accounts.authentication import BearerTokenAuthentication
 
     try:
-        found = TokenAuthentication().authenticate(Request(request))
+        found = BearerTokenAuthentication().authenticate(Request(request))
     except exceptions.AuthenticationFailed:
         found = None
     return found[0] if found else request.user

@@ -1,8 +1,14 @@
 """Request throttles counted in the shared (database) cache, so the limits hold across every web
 process and machine. One rate per scope (settings.THROTTLE_RATES), counted per user, or per
-client address for anonymous callers."""
+client address for anonymous callers. API views use ScopeThrottle; pages (search, import, login,
+admin login) use ``throttled_page``/``throttle_posts``, which count in the same keys, so the API
+and the pages share one budget per scope."""
 
 from __future__ import annotations
+
+import math
+from functools import wraps
+from types import SimpleNamespace
 
 from django.conf import settings
 from django.core.cache import caches
@@ -45,3 +51,46 @@ class ScopeThrottle(SimpleRateThrottle):
         ident = request.user.pk if request.user and request.user.is_authenticated else client_ip(request)
         kind = "user" if request.user and request.user.is_authenticated else "anon"
         return f"throttle:{self.scope}:{kind}:{ident}"
+
+
+def throttled_page(request, scope: str, *, user=None):
+    """For plain Django views: None while ``scope`` allows the request (and counts it), else a 429
+    page (the JSON error shape under /api/) with Retry-After. ``user``: who to count when it is not
+    ``request.user`` (e.g. a page request authenticated by a bearer token)."""
+    from catalog.request_input import refusal
+
+    counted = _AsUser(request, user) if user is not None and user is not getattr(request, "user", None) else request
+    throttle = ScopeThrottle()
+    if throttle.allow_request(counted, SimpleNamespace(throttle_scope=scope)):
+        return None
+    wait = max(1, math.ceil(throttle.wait() or 1))
+    response = refusal(request, 429, f"Too many requests; try again in {wait} second(s).")
+    response["Retry-After"] = str(wait)
+    return response
+
+
+def throttle_posts(scope: str):
+    """Decorator: POSTs to the view are counted in ``scope`` (login forms: "login")."""
+
+    def decorate(view):
+        @wraps(view)
+        def wrapper(request, *args, **kwargs):
+            if request.method == "POST":
+                refused = throttled_page(request, scope)
+                if refused is not None:
+                    return refused
+            return view(request, *args, **kwargs)
+
+        return wrapper
+
+    return decorate
+
+
+class _AsUser:
+    """The request, seen as made by ``user`` (the throttle reads only .user and .META)."""
+
+    def __init__(self, request, user):
+        self._request, self.user = request, user
+
+    def __getattr__(self, name):
+        return getattr(self._request, name)

@@ -3,11 +3,16 @@ answer to its creation. A token is named by its first characters, its "prefix"."
 
 from __future__ import annotations
 
+import re
 from datetime import timedelta
 
 from django.db.models import QuerySet
 from knox.models import AuthToken
-from knox.settings import knox_settings
+from knox.settings import CONSTANTS, knox_settings
+
+# Longest lifetime asked of a token when tokens may live for ever (TTL 0): far below what
+# datetime can add to now (year 9999), so a large number is a clear 400, never an overflow.
+MAX_EXPIRES_DAYS = 36500
 
 
 class TokenError(ValueError):
@@ -21,8 +26,9 @@ def create_token(*, user, expires_days: int | None = None) -> tuple[AuthToken, s
     if expires_days is not None:
         if expires_days < 1:
             raise TokenError("expires_days must be at least 1.")
-        if ttl is not None and timedelta(days=expires_days) > ttl:
-            raise TokenError(f"expires_days can be at most {ttl.days}.")
+        most = ttl.days if ttl is not None else MAX_EXPIRES_DAYS  # compared before timedelta() can overflow
+        if expires_days > most:
+            raise TokenError(f"expires_days can be at most {most}.")
         ttl = timedelta(days=expires_days)
     return AuthToken.objects.create(user=user, expiry=ttl)
 
@@ -31,8 +37,18 @@ def user_tokens(*, user) -> QuerySet[AuthToken]:
     return AuthToken.objects.filter(user=user).order_by("-created")
 
 
+def is_token_prefix(prefix: str) -> bool:
+    """Whether ``prefix`` has the form of a token's stored prefix: knox's TOKEN_PREFIX, then hex
+    digits, TOKEN_KEY_LENGTH characters in all."""
+    start = knox_settings.TOKEN_PREFIX[:CONSTANTS.TOKEN_KEY_LENGTH]
+    hex_digits = CONSTANTS.TOKEN_KEY_LENGTH - len(start)
+    return re.fullmatch(re.escape(start) + f"[0-9a-f]{{{hex_digits}}}", prefix) is not None
+
+
 def revoke_tokens(*, prefix: str, user=None) -> int:
     """Delete the token(s) with this prefix (of ``user`` only, when given). Returns how many."""
+    if not is_token_prefix(prefix):
+        return 0  # never reaches the database (a NUL would be a database error there)
     tokens = AuthToken.objects.filter(token_key=prefix)
     if user is not None:
         tokens = tokens.filter(user=user)

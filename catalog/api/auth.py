@@ -3,9 +3,9 @@ token (shown once), list and revoke your tokens, log the current token out."""
 
 from __future__ import annotations
 
+from django.conf import settings
 from django.contrib.auth import authenticate
 from drf_spectacular.utils import OpenApiResponse, extend_schema
-from knox.auth import TokenAuthentication
 from rest_framework import serializers, status
 from rest_framework.exceptions import NotFound, ValidationError
 from rest_framework.permissions import AllowAny, IsAuthenticated
@@ -14,6 +14,7 @@ from rest_framework.response import Response
 from rest_framework.views import APIView
 
 from catalog.accounts import tokens
+from catalog.accounts.authentication import BearerTokenAuthentication
 from catalog.accounts.throttling import ScopeThrottle
 from catalog.api.serializers import StrictQueryMixin, StrictSerializer  # unknown fields are 400s
 
@@ -21,7 +22,8 @@ from catalog.api.serializers import StrictQueryMixin, StrictSerializer  # unknow
 class TokenRequestSerializer(StrictSerializer):
     username = serializers.CharField(max_length=150)
     password = serializers.CharField(max_length=4096, trim_whitespace=False, style={"input_type": "password"})
-    expires_days = serializers.IntegerField(required=False, min_value=1, help_text=(
+    expires_days = serializers.IntegerField(
+        required=False, min_value=1, max_value=settings.TOKEN_TTL_DAYS or tokens.MAX_EXPIRES_DAYS, help_text=(
         "Ask for a token that expires sooner than the server's default (IMAGESEARCH_TOKEN_TTL_DAYS)."))
 
 
@@ -80,7 +82,7 @@ class TokenDetailView(StrictQueryMixin, APIView):
 
 
 class TokenLogoutView(StrictQueryMixin, APIView):
-    authentication_classes = [TokenAuthentication]
+    authentication_classes = [BearerTokenAuthentication]
     permission_classes = [IsAuthenticated]
 
     @extend_schema(summary="Revoke the token this request is made with", request=None,

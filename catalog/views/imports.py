@@ -7,6 +7,7 @@ from django.http import HttpRequest, HttpResponse
 from django.shortcuts import get_object_or_404, redirect, render
 
 from catalog.accounts.access import IMPORT_PERMISSION, visible_import_jobs
+from catalog.accounts.throttling import throttle_posts
 from catalog.ingest import jobs
 from catalog.models import ImportJob
 
@@ -63,6 +64,7 @@ class ImportForm(forms.Form):
 
 
 @login_required
+@throttle_posts("upload")  # the API's upload budget; after the login check, so counted per user
 def import_page(request: HttpRequest) -> HttpResponse:
     if not request.user.has_perm(IMPORT_PERMISSION):
         raise PermissionDenied("Your account may not start imports.")

@@ -2,7 +2,8 @@ from django.http import HttpRequest, HttpResponse
 from django.shortcuts import render
 from django.views.decorators.csrf import csrf_exempt
 
-from catalog.accounts.access import read_required
+from catalog.accounts.access import read_required, request_user
+from catalog.accounts.throttling import throttled_page
 
 from catalog.embedder import EmbedderUnavailable
 from catalog.forms import SearchForm
@@ -21,6 +22,10 @@ def search_page(request: HttpRequest) -> HttpResponse:
     data = request.POST if request.method == "POST" else request.GET
     has_query = any(data.get(name, "").strip() for name in QUERY_FIELDS) or "image" in request.FILES
     submitted = has_query or "search" in data
+    if submitted:  # the API's search budget (per user or address), counted before any work, as there
+        refused = throttled_page(request, "search", user=request_user(request))
+        if refused is not None:
+            return refused
     if submitted and not data.get("top_k"):
         data = data.copy()
         data["top_k"] = str(SearchForm.base_fields["top_k"].initial)  # so the form shows what was used
