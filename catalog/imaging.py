@@ -280,8 +280,10 @@ def _to_8bit(im: Image.Image) -> Image.Image:
     return Image.fromarray(np.clip(a + 0.5, 0, 255).astype(np.uint8), "L")
 
 
-# Modes Image.reduce averages correctly (not palette indices, not bilevel, not I;16*).
-_REDUCIBLE_MODES = frozenset({"L", "LA", "RGB", "RGBA", "CMYK", "YCbCr", "I", "F"})
+# Modes Image.reduce averages in place (LA/RGBA it converts to premultiplied alpha at full size).
+_REDUCIBLE_MODES = frozenset({"L", "RGB", "CMYK", "YCbCr", "I", "F"})
+# Pixels per strip when an image is reduced strip by strip: a few MB of conversion copies.
+_STRIP_PIXELS = 1 << 20
 
 
 def _reduce_to_rgb(im: Image.Image, min_side: int) -> Image.Image:
@@ -289,11 +291,38 @@ def _reduce_to_rgb(im: Image.Image, min_side: int) -> Image.Image:
     factor = min(im.size) // min_side
     if factor < 2:
         return _to_rgb(im)
-    if im.mode.startswith("I;16"):
-        im = im.convert("I")  # same values, in a mode reduce() handles
     if im.mode in _REDUCIBLE_MODES and "transparency" not in im.info:
         return _to_rgb(im.reduce(factor))
-    return _to_rgb(im).reduce(factor)
+    return _to_rgb(_reduce_in_strips(im, factor))
+
+
+def _reduce_in_strips(im: Image.Image, factor: int) -> Image.Image:
+    """``im`` reduced by ``factor``, converted to a mode reduce() handles one strip at a time.
+
+    Palette, bilevel, 16-bit and transparency images must be converted before they can be
+    averaged; converting the whole image would make full-size RGBA/RGB copies (several bytes a
+    pixel beside a one-byte source). Strips are whole multiples of ``factor`` rows, so every
+    reduction box is the same as in a whole-image reduce and the result is identical.
+    """
+    if im.mode in _HIGH_DEPTH_MODES:
+        # Same values in a mode reduce() handles; scaled to 8 bits by _to_rgb once reduced.
+        def convert(strip):
+            return strip if strip.mode in _REDUCIBLE_MODES else strip.convert("I")
+        mode = "F" if im.mode == "F" else "I"
+    elif im.mode in ("LA", "RGBA") and "transparency" not in im.info:
+        # reduce() averages these premultiplied; _to_rgb composites the result onto white.
+        def convert(strip):
+            return strip
+        mode = im.mode
+    else:
+        convert, mode = _to_rgb, "RGB"  # alpha composited onto white, then averaged
+    width, height = im.size
+    rows = factor * max(1, _STRIP_PIXELS // (width * factor))
+    out = Image.new(mode, (-(-width // factor), -(-height // factor)))
+    for top in range(0, height, rows):
+        strip = im.crop((0, top, width, min(height, top + rows)))
+        out.paste(convert(strip).reduce(factor), (0, top // factor))
+    return out
 
 
 # --------------------------------------------------------------------------

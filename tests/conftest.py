@@ -101,3 +101,15 @@ def api_token(writer):
     from catalog.accounts.tokens import create_token
 
     return create_token(user=writer)[1]
+
+
+def import_folder(folder, *args):
+    """Run ``manage.py import_images FOLDER *args``; returns (stdout, stderr, CommandError or None)."""
+    from django.core.management import CommandError, call_command
+
+    out, err = io.StringIO(), io.StringIO()
+    try:
+        call_command("import_images", str(folder), "--no-progress", *args, stdout=out, stderr=err)
+    except CommandError as error:
+        return out.getvalue(), err.getvalue(), error
+    return out.getvalue(), err.getvalue(), None

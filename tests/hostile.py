@@ -26,19 +26,42 @@ def png_chunk(kind: bytes, data: bytes) -> bytes:
     return struct.pack(">I", len(data)) + kind + data + struct.pack(">I", zlib.crc32(kind + data))
 
 
-def png(width: int, height: int, *, rows: bytes | None = None, depth: int = 8, color: int = 0) -> bytes:
-    """A PNG of ``width`` x ``height``; ``rows`` (filtered scanlines) default to black, b"" for a
-    header-only file that claims the size and has no pixels."""
+_CHANNELS = {0: 1, 2: 3, 3: 1, 4: 2, 6: 4}  # PNG colour type -> samples per pixel
+
+
+def png(width: int, height: int, *, rows: bytes | None = None, depth: int = 8, color: int = 0,
+        chunks: bytes = b"") -> bytes:
+    """A PNG of ``width`` x ``height``, built row by row (no image in memory); ``rows`` (filtered
+    scanlines) default to all-zero samples, b"" for a header-only file that claims the size and
+    has no pixels. ``chunks`` (PLTE, tRNS, ...) go before the pixels."""
     if rows is None:
-        row = b"\x00" + b"\x00" * ((width * depth * (3 if color == 2 else 1) + 7) // 8)
+        row = b"\x00" + b"\x00" * ((width * depth * _CHANNELS[color] + 7) // 8)
         compressor, parts = zlib.compressobj(9), []
         for _ in range(height):
             parts.append(compressor.compress(row))
         rows = b"".join(parts) + compressor.flush()
-    body = png_chunk(b"IHDR", struct.pack(">IIBBBBB", width, height, depth, color, 0, 0, 0))
+    body = png_chunk(b"IHDR", struct.pack(">IIBBBBB", width, height, depth, color, 0, 0, 0)) + chunks
     if rows:
         body += png_chunk(b"IDAT", rows)
     return b"\x89PNG\r\n\x1a\n" + body + png_chunk(b"IEND", b"")
+
+
+def png_needing_conversion(kind: str, side: int) -> bytes:
+    """A ``side`` x ``side`` PNG of a mode that must be converted before it can be reduced:
+    palette, palette + tRNS, bilevel, RGB + tRNS, gray + alpha, RGBA or 16-bit gray."""
+    palette = png_chunk(b"PLTE", bytes([0, 0, 0, 255, 0, 0]))
+    return {
+        "palette": lambda: png(side, side, color=3, chunks=palette),
+        "palette-trns": lambda: png(side, side, color=3, chunks=palette + png_chunk(b"tRNS", b"\x00")),
+        "bilevel": lambda: png(side, side, depth=1),
+        "rgb-trns": lambda: png(side, side, color=2, chunks=png_chunk(b"tRNS", bytes(6))),
+        "gray-alpha": lambda: png(side, side, color=4),
+        "rgba": lambda: png(side, side, color=6),
+        "gray16": lambda: png(side, side, depth=16),
+    }[kind]()
+
+
+CONVERTED_KINDS = ("palette", "palette-trns", "bilevel", "rgb-trns", "gray-alpha", "rgba", "gray16")
 
 
 def photo(index: int, size=(96, 64), fmt="JPEG", **save) -> bytes:
@@ -111,4 +134,9 @@ def hostile_cases(*, good: int = 6) -> list[Case]:
         Case("flat-float.tif", flat_float_tiff(0.25), None),
         Case("panorama-8x1.png", photo(903, size=(800, 100), fmt="PNG"), None),
     ]
+    # Images of the default pixel limit (100 Mpx) whose mode must be converted before reduction,
+    # a few hundred KB each; converted whole, each would need 0.5-1.2 GB. The worst two first, so
+    # that they are decoded at the same time.
+    order = ("rgb-trns", "palette-trns") + tuple(k for k in CONVERTED_KINDS if k not in ("rgb-trns", "palette-trns"))
+    cases += [Case(f"big-{kind}.png", png_needing_conversion(kind, 10_000), None) for kind in order]
     return cases

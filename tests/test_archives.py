@@ -242,6 +242,30 @@ def test_tar_unsafe_paths(bad):
     assert len(result[1].name) <= 255 and "\n" not in result[1].name
 
 
+def zip_with_raw_name(raw: bytes, data: bytes) -> bytes:
+    """A zip whose second member is stored under the bytes ``raw`` (zipfile cannot write a NUL)."""
+    placeholder = b"Z" * len(raw)
+    built = make_zip([("ok1.jpg", JPEG), (placeholder.decode(), data), ("ok2.jpg", PNG)])
+    assert built.count(placeholder) == 2  # local header and central directory; no CRC covers names
+    return built.replace(placeholder, raw)
+
+
+@pytest.mark.parametrize("raw", [b"a/\x00nul.png", b"nul\x00.png", b"\x00\x00\x00\x00"])
+def test_zip_name_with_a_nul_is_an_unsafe_path_not_a_silent_folder(raw):
+    # zipfile cuts the name at the NUL: "a/\x00nul.png" became "a/", a folder, dropped uncounted.
+    result = members(zip_with_raw_name(raw, JPEG))
+    assert [(m.name, m.error) for m in result] == [
+        ("ok1.jpg", None), (raw.decode().replace("\x00", "?"), "unsafe path"), ("ok2.jpg", None)]
+    assert result[1].data is None and result[2].data == PNG
+
+
+def test_zip_folder_entry_with_file_data_is_an_error_and_empty_folders_are_skipped():
+    result = members(make_zip([("empty/", b""), ("ok1.jpg", JPEG), ("photos/", JPEG), ("ok2.jpg", PNG)]))
+    assert [(m.name, m.error) for m in result] == [
+        ("ok1.jpg", None), ("photos", "folder entry with file data"), ("ok2.jpg", None)]
+    assert result[1].data is None
+
+
 def test_zip_symlink_rejected():
     result = members(make_zip([zip_symlink("link.jpg", "/etc/passwd"), ("a.jpg", JPEG)]))
     assert result == [ArchiveMember("link.jpg", None, "symlink not allowed"), ArchiveMember("a.jpg", JPEG, None)]

@@ -20,29 +20,20 @@ import numpy as np
 import pytest
 from django.conf import settings
 from django.core.files.uploadedfile import SimpleUploadedFile
-from django.core.management import CommandError, call_command
 from django.db import connection
 from PIL import Image as PILImage
 
 from catalog.imaging import ImageRejected, decode_image
-from catalog.ingest import archives, jobs, pipeline, runner
+from catalog.ingest import jobs, pipeline, runner
 from catalog.ingest.archives import ArchiveLimits, iter_archive
 from catalog.ingest.names import safe_text
 from catalog.ingest.pipeline import IngestItem, IngestOptions, ingest_items
 from catalog.models import Embedding, Image, ImportItem, ImportJob
 from tests import hostile
+from tests.conftest import import_folder
 
 REPO = Path(__file__).resolve().parent.parent
 LATIN1_NAME = b"caf\xe9.jpg"
-
-
-def import_folder(folder, *args):
-    out, err = io.StringIO(), io.StringIO()
-    try:
-        call_command("import_images", str(folder), "--no-progress", *args, stdout=out, stderr=err)
-    except CommandError as error:
-        return out.getvalue(), err.getvalue(), error
-    return out.getvalue(), err.getvalue(), None
 
 
 def stored_files(media_root: Path) -> set[str]:
@@ -141,6 +132,23 @@ def test_import_job_with_non_utf8_member_names_stores_every_member(archive):
     assert (job.total, job.added, job.failed) == (2, 2, 0)
     names = set(Image.objects.values_list("original_name", flat=True))
     assert names == {"cafΘ.jpg" if archive is latin1_zip else "caf\ufffd.jpg", "good.jpg"}
+
+
+@pytest.mark.django_db
+def test_zip_member_with_a_nul_in_its_name_is_a_counted_failure():
+    # zipfile cuts "a/\x00nul.png" to "a/", a folder: it was dropped, a zip of 5 gave total=4.
+    buffer = io.BytesIO()
+    with zipfile.ZipFile(buffer, "w") as zf:
+        for index in range(4):
+            zf.writestr(f"{index}.jpg", hostile.photo(index))
+        zf.writestr("a/ZZZnul.png", hostile.photo(9))
+    data = buffer.getvalue().replace(b"a/ZZZnul.png", b"a/\x00\x00\x00nul.png")
+    job = jobs.create_job(files=[SimpleUploadedFile("five.zip", data)], via=ImportJob.Via.API)
+    assert runner.run_job(job.pk) == "done"
+    job.refresh_from_db()
+    assert (job.total, job.added, job.failed) == (5, 4, 1)
+    failed = job.items.get(state=ImportItem.State.FAILED)
+    assert (failed.name, failed.error) == ("a/???nul.png", "unsafe path")
 
 
 # --------------------------------------------------------------------------
@@ -324,6 +332,38 @@ def test_items_beyond_the_aspect_limit_fail_and_the_rest_is_stored(settings):
     report = ingest([("wide.png", hostile.png(20000, 1)), ("ok.jpg", hostile.photo(1))])
     assert [(o.status, o.reason) for o in report.outcomes] == [
         ("failed", "aspect ratio 20000:1 exceeds limit 20"), ("added", "")]
+
+
+DECODE_PEAK = """
+import resource, sys
+from PIL import Image
+from catalog.imaging import decode_image
+
+def peak():
+    return resource.getrusage(resource.RUSAGE_SELF).ru_maxrss * 1024
+
+def load_only():  # the decoded source alone, freed on return: what any decode must hold
+    with Image.open(sys.argv[1]) as source:
+        source.load()
+
+load_only()
+loaded = peak()
+image = decode_image(sys.argv[1], max_pixels=10**8, min_side=320).image
+print(image.mode, min(image.size), peak() - loaded)
+"""
+
+
+@pytest.mark.parametrize("kind", hostile.CONVERTED_KINDS)
+def test_decoding_a_large_image_that_needs_conversion_holds_no_full_size_copy(tmp_path, kind):
+    # Palette, bilevel, 16-bit and transparency images must be converted before reduction; a
+    # whole-image conversion made RGBA + RGB copies (up to 8 bytes a pixel beside a 1-byte source).
+    # Pillow allocates in C, out of tracemalloc's sight: the kernel's peak RSS of a fresh process.
+    path = tmp_path / f"{kind}.png"
+    path.write_bytes(hostile.png_needing_conversion(kind, 6000))  # 36 Mpx: a full RGB copy is 144 MB
+    out = subprocess.run([sys.executable, "-c", DECODE_PEAK, str(path)], cwd=REPO, check=True,
+                         capture_output=True, text=True, timeout=120).stdout.split()
+    assert out[:2] == ["RGB", "334"]  # 6000 // 320 = 18, ceil(6000 / 18)
+    assert int(out[2]) < 40 * hostile.MB, f"{int(out[2]) / hostile.MB:.0f} MB beyond the decoded source"
 
 
 def test_archive_members_wait_on_disk_not_in_memory():

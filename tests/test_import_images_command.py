@@ -5,10 +5,10 @@ from __future__ import annotations
 import io
 
 import pytest
-from django.core.management import CommandError, call_command
 from PIL import Image as PILImage
 
 from catalog.models import Embedding, Image
+from tests.conftest import import_folder
 
 pytestmark = pytest.mark.django_db
 
@@ -17,15 +17,6 @@ def picture(index: int) -> bytes:
     buffer = io.BytesIO()
     PILImage.new("RGB", (30, 20), ((index * 61) % 256, 40, 200)).save(buffer, format="JPEG")
     return buffer.getvalue()
-
-
-def import_folder(folder, *args):
-    out, err = io.StringIO(), io.StringIO()
-    try:
-        call_command("import_images", str(folder), "--no-progress", *args, stdout=out, stderr=err)
-    except CommandError as error:
-        return out.getvalue(), err.getvalue(), error
-    return out.getvalue(), err.getvalue(), None
 
 
 def test_summary_failed_lines_and_exit_status(tmp_path, media_root):

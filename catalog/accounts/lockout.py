@@ -3,7 +3,6 @@ under /api/, the login page with the message elsewhere; both 429 with Retry-Afte
 
 from __future__ import annotations
 
-from django.conf import settings
 from django.http import JsonResponse
 from django.shortcuts import render
 

@@ -15,9 +15,10 @@ Behaviour
   (devices, fifos), ``"unsupported member type"`` (sparse/unknown tar types),
   ``"encrypted member not supported"``, ``"unsupported compression method"``,
   ``"corrupt member"`` (zip CRC/decompression failure of one member),
-  ``"nested archive not supported"`` and ``"too large"`` (more than
-  ``max_member_bytes``).
-* Directories and OS junk (``__MACOSX/``, any path component starting with a
+  ``"nested archive not supported"``, ``"too large"`` (more than
+  ``max_member_bytes``) and ``"folder entry with file data"`` (a zip entry named like a
+  folder, ``a/``, that carries bytes).
+* Directories (without data) and OS junk (``__MACOSX/``, any path component starting with a
   dot such as ``.DS_Store`` / ``._foo`` / ``.git/``, ``Thumbs.db``,
   ``desktop.ini``) are skipped silently.
 * Whole-archive problems raise :class:`ArchiveRejected`: unknown/unsupported
@@ -190,7 +191,9 @@ def _display_name(raw: str) -> str:
 
 def _normalise(raw: str) -> tuple[str | None, str | None]:
     """Return ``(name, error)``; ``(None, None)`` means "skip silently"."""
-    raw = safe_text(raw)  # bytes that were not UTF-8 (surrogate escapes) -> U+FFFD
+    # Bytes that were not UTF-8 (surrogate escapes) -> U+FFFD. safe_text drops NULs; in a member
+    # name one is a forgery ("a/\x00x.png"), refused below like any control character.
+    raw = safe_text(raw.replace("\x00", "\x01"))
     if len(raw) > _MAX_NAME_LENGTH or any(ord(c) < 0x20 or 0x7F <= ord(c) < 0xA0 for c in raw):
         return _display_name(raw), "unsafe path"
     path = raw.replace("\\", "/")
@@ -199,8 +202,8 @@ def _normalise(raw: str) -> tuple[str | None, str | None]:
     parts = [p for p in path.split("/") if p not in ("", ".")]
     if any(p == ".." for p in parts):
         return _display_name(raw), "unsafe path"
-    if not parts:
-        return None, None
+    if not parts:  # nothing left of the name: "." is not a folder, "/" an absolute path
+        return _display_name(raw), "unsafe path"
     if any(p.startswith(".") or p == "__MACOSX" for p in parts) or parts[-1].lower() in _JUNK_NAMES:
         return None, None
     return "/".join(parts), None
@@ -289,14 +292,17 @@ def _zip_precheck(src: BinaryIO, limits: ArchiveLimits) -> None:
 
 
 def _zip_name(info: zipfile.ZipInfo) -> str:
+    # The name as stored: zipfile cuts ``filename`` at a NUL ("a/\x00x.png" -> "a/", a folder,
+    # silently dropped); ``orig_filename`` keeps it, so _normalise refuses it as an unsafe path.
     # Without the UTF-8 flag zipfile decodes names as cp437 (the spec); many tools write UTF-8
     # there anyway, so prefer that when the raw bytes are valid UTF-8.
+    raw = info.orig_filename
     if info.flag_bits & 0x800:
-        return info.filename
+        return raw
     try:
-        return info.filename.encode("cp437").decode("utf-8")
+        return raw.encode("cp437").decode("utf-8")
     except (UnicodeEncodeError, UnicodeDecodeError):
-        return info.filename
+        return raw
 
 
 def _iter_zip(src: BinaryIO, limits: ArchiveLimits, keep: bool) -> Iterator[ArchiveMember]:
@@ -315,11 +321,14 @@ def _iter_zip(src: BinaryIO, limits: ArchiveLimits, keep: bool) -> Iterator[Arch
         for info in infos:
             mode = (info.external_attr >> 16) & 0xFFFF
             ftype = stat.S_IFMT(mode)
-            if info.is_dir() or ftype == stat.S_IFDIR:
-                continue
-            name, error = _normalise(_zip_name(info))
+            raw = _zip_name(info)
+            name, error = _normalise(raw)
             if name is None:
                 continue
+            if raw.endswith("/") or ftype == stat.S_IFDIR:
+                if not info.file_size:
+                    continue  # a folder; its files are members of their own
+                error = error or "folder entry with file data"
             data = None
             if error is None:
                 if ftype == stat.S_IFLNK:
