@@ -28,3 +28,12 @@ def test_schema_documents_every_endpoint(client):
 def test_docs_page_renders(client):
     response = client.get("/api/docs/")
     assert response.status_code == 200 and b"swagger" in response.content.lower()
+
+
+@pytest.mark.parametrize("public", [True, False])
+def test_schema_says_whether_reading_needs_credentials(client, settings, public):
+    settings.PUBLIC_READ = public
+    paths = client.get("/api/schema/", HTTP_ACCEPT="application/vnd.oai.openapi+json").json()["paths"]
+    for path, method in (("/api/images/", "get"), ("/api/search/", "post"), ("/api/images/{id}/", "get")):
+        assert ({} in paths[path][method]["security"]) is public, (path, method)
+    assert {} not in paths["/api/images/"]["post"]["security"]  # an upload always needs a login

@@ -3,8 +3,9 @@ error shape (component "Error", catalog.api.errors), so generated clients can de
 
 from __future__ import annotations
 
+from django.conf import settings
 from drf_spectacular.openapi import AutoSchema
-from rest_framework.permissions import AllowAny
+from rest_framework.permissions import SAFE_METHODS, AllowAny
 
 from catalog.api.errors import ErrorSerializer
 
@@ -33,6 +34,16 @@ class ApiAutoSchema(AutoSchema):
                 response["headers"] = _RETRY_AFTER
             responses.setdefault(str(status), response)
         return responses
+
+    def get_auth(self):
+        """With IMAGESEARCH_PUBLIC_READ on, reading needs no credentials: say so ({} = anonymous),
+        as drf-spectacular does only for its own permission classes."""
+        auth = super().get_auth()
+        method = self.method.upper()
+        reads = method in SAFE_METHODS or method in getattr(self.view, "read_methods", ())
+        if settings.PUBLIC_READ and reads and {} not in auth:
+            auth.append({})
+        return auth
 
     def error_statuses(self) -> list[int]:
         """What this operation can answer besides success: 400 (unknown query parameters are refused
