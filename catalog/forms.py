@@ -2,7 +2,7 @@ from django import forms
 from django.core.cache import cache
 
 from catalog.models import Image
-from catalog.search import ORIENTATIONS, SearchError
+from catalog.search import MAX_ID, MAX_SIDE, ORIENTATIONS, SearchError
 from catalog.search_input import build_search_params, decode_query_image
 
 PAGE_TOP_K_CHOICES = [(n, str(n)) for n in range(1, 31)]
@@ -36,13 +36,13 @@ class SearchForm(forms.Form):
                                                       "autofocus": True}))
     image = forms.FileField(label="…or search by an example picture", required=False,
                             widget=forms.ClearableFileInput(attrs={"accept": "image/*"}))
-    similar_to = forms.IntegerField(required=False, min_value=1, max_value=2**63 - 1, widget=forms.HiddenInput)
+    similar_to = forms.IntegerField(required=False, min_value=1, max_value=MAX_ID, widget=forms.HiddenInput)
     cities = CitiesField(label="City", required=False,
                                        widget=forms.SelectMultiple(attrs={"size": 4}))
-    min_width = forms.IntegerField(label="Width from", required=False, min_value=1, max_value=2**31 - 1)
-    max_width = forms.IntegerField(label="to", required=False, min_value=1, max_value=2**31 - 1)
-    min_height = forms.IntegerField(label="Height from", required=False, min_value=1, max_value=2**31 - 1)
-    max_height = forms.IntegerField(label="to", required=False, min_value=1, max_value=2**31 - 1)
+    min_width = forms.IntegerField(label="Width from", required=False, min_value=1, max_value=MAX_SIDE)
+    max_width = forms.IntegerField(label="to", required=False, min_value=1, max_value=MAX_SIDE)
+    min_height = forms.IntegerField(label="Height from", required=False, min_value=1, max_value=MAX_SIDE)
+    max_height = forms.IntegerField(label="to", required=False, min_value=1, max_value=MAX_SIDE)
     taken_from = forms.DateField(label="Taken from", required=False, widget=forms.DateInput(attrs={"type": "date"}))
     taken_to = forms.DateField(label="to", required=False, widget=forms.DateInput(attrs={"type": "date"}))
     orientation = forms.ChoiceField(required=False, choices=[("", "Any")] + [(o, o.title()) for o in ORIENTATIONS])

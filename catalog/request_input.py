@@ -12,7 +12,6 @@ below), never read here.
 
 from __future__ import annotations
 
-import json
 from http import HTTPStatus
 
 from django.http import HttpRequest, HttpResponse
@@ -38,7 +37,7 @@ def refusal(request: HttpRequest, status: int, message: str, code: str | None = 
 
     if is_api(request):
         return error_response(status, code or _CODES.get(status, "error"), message)
-    title = HTTPStatus(status).phrase if status in HTTPStatus._value2member_map_ else "Error"
+    title = _phrase(status)
     html = render_to_string("request_error.html", {"title": title, "message": message}, request=request)
     return HttpResponse(html, status=status)
 
@@ -63,21 +62,23 @@ class RequestInputMiddleware:
         return None
 
 
+def _phrase(status: int) -> str:
+    return HTTPStatus(status).phrase if status in HTTPStatus._value2member_map_ else "Error"
+
+
 def _is_json(response: HttpResponse) -> bool:
     return response.get("Content-Type", "").split(";")[0].strip() in ("application/json", "application/problem+json")
 
 
 def _as_api_error(response: HttpResponse) -> HttpResponse:
     """The same status (and headers such as Allow, Retry-After) with a JSON error body."""
-    from catalog.api.errors import error_body
+    from catalog.api.errors import error_response
 
     status = response.status_code
-    phrase = HTTPStatus(status).phrase if status in HTTPStatus._value2member_map_ else "Error"
-    message = _MESSAGES.get(status, f"{phrase}.")
+    message = _MESSAGES.get(status, f"{_phrase(status)}.")
     if status == 403 and b"CSRF" in getattr(response, "content", b""):
         message = "CSRF check failed: send the CSRF token with session-authenticated requests, or use a token."
-    body = json.dumps(error_body(status, _CODES.get(status, "error"), message))
-    rewritten = HttpResponse(body, status=status, content_type="application/json")
+    rewritten = error_response(status, _CODES.get(status, "error"), message)
     for header in ("Allow", "Retry-After", "WWW-Authenticate", "Vary"):
         if header in response:
             rewritten[header] = response[header]

@@ -24,6 +24,9 @@ if TYPE_CHECKING:
 
 MAX_TOP_K = 100
 MAX_PAGE = 100
+# The id and size columns' ranges: larger numbers are refused as input, never sent to the database.
+MAX_SIDE = 2**31 - 1
+MAX_ID = 2**63 - 1
 ORIENTATIONS = ("landscape", "portrait", "square")
 
 

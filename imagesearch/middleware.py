@@ -8,23 +8,20 @@ from __future__ import annotations
 import logging
 import sys
 
-from django.db import InterfaceError, OperationalError
-from django.http import HttpResponse, JsonResponse
+from django.http import HttpResponse
 from django.template.loader import render_to_string
 from django.utils.deprecation import MiddlewareMixin
 
-logger = logging.getLogger(__name__)
+from catalog.api.errors import DATABASE_ERRORS, DATABASE_UNAVAILABLE, RETRY_AFTER_SECONDS, error_response
+from catalog.request_input import is_api
 
-DATABASE_ERRORS = (OperationalError, InterfaceError)
-RETRY_AFTER_SECONDS = 5
+logger = logging.getLogger(__name__)
 
 
 def database_unavailable_response(request) -> HttpResponse:
     """503 in the API's one error shape under /api/, a short page elsewhere."""
-    from catalog.api.errors import DATABASE_UNAVAILABLE, error_body
-
-    if request.path.startswith("/api/"):
-        response = JsonResponse(error_body(503, "database_unavailable", DATABASE_UNAVAILABLE), status=503)
+    if is_api(request):
+        response = error_response(503, "database_unavailable", DATABASE_UNAVAILABLE)
     else:
         # Rendered without the request: the site's context (user, messages) would need the database.
         response = HttpResponse(render_to_string("503_database.html"), status=503)

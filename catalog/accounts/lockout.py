@@ -3,7 +3,6 @@ under /api/, the login page with the message elsewhere; both 429 with Retry-Afte
 
 from __future__ import annotations
 
-from django.http import JsonResponse
 from django.shortcuts import render
 
 MESSAGE = "Too many failed logins for this user from this address; try again in {minutes} minute(s)."
@@ -12,12 +11,13 @@ MESSAGE = "Too many failed logins for this user from this address; try again in 
 def lockout_response(request, original_response=None, credentials=None):
     from axes.helpers import get_cool_off
 
-    from catalog.api.errors import error_body
+    from catalog.api.errors import error_response
+    from catalog.request_input import is_api
 
     seconds = int(get_cool_off(request).total_seconds())
     message = MESSAGE.format(minutes=max(1, round(seconds / 60)))
-    if request.path.startswith("/api/"):
-        response = JsonResponse(error_body(429, "locked_out", message), status=429)
+    if is_api(request):
+        response = error_response(429, "locked_out", message)
     else:
         from django.contrib.auth.forms import AuthenticationForm
 

@@ -28,6 +28,3 @@ class CanRead(BasePermission):
             self.message = f"You need the permission(s) {', '.join(needed)} for this."
             return False
         return True
-
-    def has_object_permission(self, request, view, obj) -> bool:
-        return self.has_permission(request, view)

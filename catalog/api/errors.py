@@ -23,6 +23,8 @@ from catalog.uploads import BodyTooLarge, body_too_large_message
 
 
 DATABASE_UNAVAILABLE = "The database cannot be reached right now; try again in a few seconds."
+DATABASE_ERRORS = (OperationalError, InterfaceError)  # down or restarting: 503, never 500
+RETRY_AFTER_SECONDS = 5
 
 
 def error_body(http_status: int, code: str, message: str, fields: dict | None = None) -> dict:
@@ -58,9 +60,9 @@ def api_exception_handler(exc, context):
         exc = exceptions.ValidationError({"non_field_errors": [str(exc)]})
     if isinstance(exc, EmbedderUnavailable):
         return Response(error_body(503, "model_unavailable", str(exc)), status=status.HTTP_503_SERVICE_UNAVAILABLE)
-    if isinstance(exc, (OperationalError, InterfaceError)):  # the database is down or restarting
+    if isinstance(exc, DATABASE_ERRORS):  # the database is down or restarting
         return Response(error_body(503, "database_unavailable", DATABASE_UNAVAILABLE),
-                        status=status.HTTP_503_SERVICE_UNAVAILABLE, headers={"Retry-After": "5"})
+                        status=status.HTTP_503_SERVICE_UNAVAILABLE, headers={"Retry-After": str(RETRY_AFTER_SECONDS)})
     if isinstance(exc, Http404):
         exc = exceptions.NotFound()
     response = drf_exception_handler(exc, context)

@@ -4,11 +4,9 @@ from drf_spectacular.utils import extend_schema_field
 from rest_framework import serializers
 
 from catalog.models import Image
-from catalog.search import MAX_PAGE, MAX_TOP_K, ORIENTATIONS, SearchError
+from catalog.search import MAX_ID, MAX_PAGE, MAX_SIDE, MAX_TOP_K, ORIENTATIONS, SearchError
 from catalog.search_input import build_filters, build_search_params, decode_base64_image, decode_query_image
 
-MAX_SIDE = 2**31 - 1  # the columns' range
-MAX_ID = 2**63 - 1
 # Sent by the site's own forms and DRF's format switch; never an unknown field.
 ALWAYS_ALLOWED = frozenset({"csrfmiddlewaretoken", "format"})
 

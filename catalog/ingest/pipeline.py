@@ -128,7 +128,7 @@ class _Prepared:
     tensor: object = None
     error: str = ""
     duplicate_of: int | None = None  # an already stored image with the same bytes
-    first_copy: "_Prepared | None" = None  # the same bytes earlier in this run
+    first_copy: "_Prepared | _Seen | None" = None  # the same bytes earlier in this run
 
     def release(self) -> None:
         if hasattr(self.held, "close"):
@@ -212,7 +212,16 @@ def _prepare_all(items: Iterable[IngestItem], embedder: ClipEmbedder, workers: i
     (the calling) thread, which owns the database connection."""
     min_side = max(embedder.input_size, settings.THUMBNAIL_MAX_SIDE)
     lookahead = max(2 * embedder.config.batch_size, 4)
-    first_by_hash: dict[str, _Prepared] = {}
+    # The first copy of each hash while it is in flight, then only its outcome: a long run keeps
+    # no thumbnails, spools or archive members of what it has finished.
+    first_by_hash: dict[str, _Prepared | _Seen] = {}
+
+    def finished(prepared: _Prepared, future: Future | None) -> _Prepared:
+        if future is not None:
+            future.result()  # _decode records its own failures on `prepared`
+            first_by_hash[prepared.sha256] = _Seen(prepared.error)
+        return prepared
+
     with ThreadPoolExecutor(max_workers=workers, thread_name_prefix="ingest-decode") as pool:
         decoding: deque[tuple[_Prepared, Future | None]] = deque()
         for chunk in _batched(_read_all(items, pool, lookahead), embedder.config.batch_size):
@@ -232,9 +241,9 @@ def _prepare_all(items: Iterable[IngestItem], embedder: ClipEmbedder, workers: i
                     future = pool.submit(_decode, prepared, embedder, min_side)
                 decoding.append((prepared, future))
             while len(decoding) >= lookahead:
-                yield _finished(*decoding.popleft())
+                yield finished(*decoding.popleft())
         while decoding:
-            yield _finished(*decoding.popleft())
+            yield finished(*decoding.popleft())
 
 
 def _read_all(items: Iterable[IngestItem], pool: ThreadPoolExecutor, lookahead: int) -> Iterator[_Prepared]:
@@ -247,10 +256,11 @@ def _read_all(items: Iterable[IngestItem], pool: ThreadPoolExecutor, lookahead: 
         yield pending.popleft().result()
 
 
-def _finished(prepared: _Prepared, future: Future | None) -> _Prepared:
-    if future is not None:
-        future.result()  # _decode records its own failures on `prepared`
-    return prepared
+@dataclass(frozen=True)
+class _Seen:
+    """What a later copy needs of a first copy that has been decoded: whether that failed."""
+
+    error: str
 
 
 def _read(item: IngestItem, index: int) -> _Prepared:

@@ -5,7 +5,6 @@ from __future__ import annotations
 from collections.abc import Iterator
 from pathlib import Path
 
-from catalog.ingest.names import safe_text
 from catalog.ingest.pipeline import IngestItem
 
 # What a folder import tries by default. Other files (sidecar .json/.xmp, videos, notes) are
@@ -33,13 +32,9 @@ def folder_listing(root: Path, *, recursive: bool) -> tuple[list[Path], int]:
     return sorted(files), hidden
 
 
-def folder_files(root: Path, *, recursive: bool) -> list[Path]:
-    """Regular files under ``root`` in a stable order, skipping hidden files and folders."""
-    return folder_listing(root, recursive=recursive)[0]
-
-
 def path_items(paths: list[Path], *, root: Path | None = None) -> Iterator[IngestItem]:
     for path in paths:
-        # Names that are not valid UTF-8 arrive with surrogate escapes; the path itself still opens.
-        name = safe_text(path.relative_to(root) if root else path.name)
-        yield IngestItem(name=name, source_ref=safe_text(path), read=path.read_bytes)
+        # Names that are not valid UTF-8 arrive with surrogate escapes: IngestItem makes them safe,
+        # while the path itself still opens.
+        name = str(path.relative_to(root)) if root else path.name
+        yield IngestItem(name=name, source_ref=str(path), read=path.read_bytes)

@@ -1,8 +1,9 @@
+from django.contrib.auth.views import redirect_to_login
 from django.http import HttpRequest, HttpResponse
 from django.shortcuts import render
 from django.views.decorators.csrf import csrf_exempt
 
-from catalog.accounts.access import read_required, request_user
+from catalog.accounts.access import can_read, request_user
 from catalog.accounts.throttling import throttled_page
 
 from catalog.embedder import EmbedderUnavailable
@@ -16,14 +17,16 @@ QUERY_FIELDS = ("q", "similar_to")
 # shared GET form would end up in every search URL. Cross-site POSTs carry no session cookie
 # (SameSite=Lax), so with login-only reading they are sent to the login page.
 @csrf_exempt
-@read_required
 def search_page(request: HttpRequest) -> HttpResponse:
     """Text and "more like this" searches are GET (shareable URLs); image uploads are POST."""
+    user = request_user(request)  # once: for a bearer token it costs a hash and two queries
+    if not can_read(user):  # read_required, with the user it found kept for the throttle
+        return redirect_to_login(request.get_full_path())
     data = request.POST if request.method == "POST" else request.GET
     has_query = any(data.get(name, "").strip() for name in QUERY_FIELDS) or "image" in request.FILES
     submitted = has_query or "search" in data
     if submitted:  # the API's search budget (per user or address), counted before any work, as there
-        refused = throttled_page(request, "search", user=request_user(request))
+        refused = throttled_page(request, "search", user=user)
         if refused is not None:
             return refused
     if submitted and not data.get("top_k"):
