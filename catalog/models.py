@@ -11,8 +11,9 @@ from django.contrib.postgres.indexes import OpClass
 from django.core.validators import MaxValueValidator, MinValueValidator
 from django.db import connection, models, transaction
 from django.db.models import Q
+from django.db.models.lookups import GreaterThan, LessThan
 from django.db.models.functions import Cast
-from pgvector.django import HnswIndex, VectorField
+from pgvector.django import HalfVectorField, HnswIndex
 
 SHA256_HEX_LENGTH = 64
 # The instants Python's datetime can hold: a stored value outside them (e.g. year 0 after a +14:00
@@ -45,9 +46,13 @@ class EmbeddingSpace(models.Model):
 
     Vectors of different spaces are never compared. Keeping them apart lets a
     second model be back-filled while the first keeps serving searches. Each
-    space has its own partial HNSW index over ``vector::vector(dimensions)``,
+    space has its own partial HNSW index over ``vector::halfvec(dimensions)``,
     because pgvector can only index a column of fixed dimension.
     """
+
+    # Graph parameters from bench/search_db.py --sweep on clustered data (bench/README.md).
+    HNSW_M = 16
+    HNSW_EF_CONSTRUCTION = 128
 
     name = models.CharField(max_length=255, unique=True)
     dimensions = models.PositiveSmallIntegerField(validators=[MinValueValidator(1), MaxValueValidator(16000)])
@@ -64,15 +69,15 @@ class EmbeddingSpace(models.Model):
 
     def typed_vector(self) -> Cast:
         """The vector column cast to this space's dimension: the expression its index covers."""
-        return Cast("vector", VectorField(dimensions=self.dimensions))
+        return Cast("vector", HalfVectorField(dimensions=self.dimensions))
 
     def hnsw_index(self) -> HnswIndex:
         return HnswIndex(
-            OpClass(self.typed_vector(), name="vector_cosine_ops"),
+            OpClass(self.typed_vector(), name="halfvec_ip_ops"),
             name=self.index_name,
             condition=Q(space_id=self.pk),
-            m=16,
-            ef_construction=64,
+            m=self.HNSW_M,
+            ef_construction=self.HNSW_EF_CONSTRUCTION,
         )
 
 
@@ -150,17 +155,56 @@ class Image(models.Model):
         self.save(update_fields=["status", "status_reason"])
 
 
+_l2_norm = models.Func(models.F("vector"), function="l2_norm", output_field=models.FloatField())
+
+
 class Embedding(models.Model):
-    """One image's vector in one embedding space."""
+    """One image's vector in one embedding space, with copies of the image's filter columns.
+
+    The copies let a filtered search read one table: the filter, its row count and the vectors come
+    from the same rows and indexes (bench/search_db.py). The database keeps them equal to the image's
+    values (triggers from migration 0006 copy them on every insert or update of an embedding, and
+    again when the image's values change), so nothing in Python ever writes them.
+    """
+
+    class Orientation(models.IntegerChoices):
+        PORTRAIT = -1
+        SQUARE = 0
+        LANDSCAPE = 1
 
     image = models.ForeignKey(Image, on_delete=models.CASCADE, related_name="embeddings")
     space = models.ForeignKey(EmbeddingSpace, on_delete=models.PROTECT, related_name="embeddings")
+    # Half precision in the row itself (STORAGE PLAIN, migration 0006): a 512-d vector is 1 KB, so an
+    # exact scan reads no TOAST (20,000 filtered rows: 127 -> 26 ms); recall cost in bench/README.md.
     # No fixed dimension here: each space's partial index casts to its own.
-    vector = VectorField()
+    vector = HalfVectorField()
     created_at = models.DateTimeField(auto_now_add=True)
 
+    city = models.CharField(max_length=120, default="", editable=False)
+    width = models.PositiveIntegerField(default=0, editable=False)
+    height = models.PositiveIntegerField(default=0, editable=False)
+    taken_at = models.DateTimeField(null=True, editable=False)
+    group_key = models.CharField(max_length=120, default="", editable=False)
+    orientation = models.GeneratedField(
+        expression=models.Case(
+            models.When(width__gt=models.F("height"), then=models.Value(Orientation.LANDSCAPE)),
+            models.When(width__lt=models.F("height"), then=models.Value(Orientation.PORTRAIT)),
+            default=models.Value(Orientation.SQUARE)),
+        output_field=models.SmallIntegerField(choices=Orientation.choices), db_persist=True)
+
     class Meta:
-        constraints = [models.UniqueConstraint(fields=["space", "image"], name="one_embedding_per_space")]
+        constraints = [
+            models.UniqueConstraint(fields=["space", "image"], name="one_embedding_per_space"),
+            # Unit vectors make the inner product the cosine similarity, so the index uses the plain
+            # inner product, whose values the query returns unchanged: the cosine operator class
+            # normalises and rounds again inside the index, and its order then disagrees with the
+            # returned distances by ~1e-6.
+            models.CheckConstraint(
+                condition=Q(GreaterThan(_l2_norm, 0.99), LessThan(_l2_norm, 1.01)), name="embedding_unit_vector"),
+        ]
+        # What a filtered search counts and scans (catalog/vector_search.py), one space at a time.
+        indexes = [models.Index(fields=["space", name], name=f"embedding_space_{name}")
+                   for name in ("city", "width", "height", "taken_at", "orientation")]
 
     def __str__(self) -> str:
         return f"{self.image_id} in {self.space_id}"

@@ -3,21 +3,26 @@
 ``images_search(params=...)`` turns a text query, a query image or a stored
 image ("more like this") into a vector, then asks ``vector_search.nearest``
 for the closest embedded images that pass the metadata filters, with the
-filters inside the same database query.
+filters inside the same database query. Searches run on a read replica when
+one is configured and current (imagesearch/replicas.py), else on the primary.
 """
 
 from __future__ import annotations
 
 import time
+
+import numpy as np
 from dataclasses import dataclass, field
 from datetime import date, datetime, time as dtime, timedelta, timezone
 from typing import TYPE_CHECKING
 
+from django.db import OperationalError
 from django.db.models import F, Q
 
 from catalog.embedder import get_embedder
 from catalog.models import Embedding, EmbeddingSpace, Image
-from catalog.vector_search import nearest
+from catalog.vector_search import MAX_DEPTH, nearest
+from imagesearch import replicas
 
 if TYPE_CHECKING:
     from PIL.Image import Image as PILImage
@@ -60,7 +65,11 @@ class ImageFilters:
             if low is not None and high is not None and low > high:
                 raise SearchError(f"The {label} range is empty: minimum is above maximum.")
 
-    def as_q(self, prefix: str = "") -> Q:
+    def embedding_q(self) -> Q:
+        """The filters over Embedding's copies of the image columns (what a search uses)."""
+        return self.as_q(orientation_column=True)
+
+    def as_q(self, prefix: str = "", *, orientation_column: bool = False) -> Q:
         def q(lookup: str, value) -> Q:
             return Q(**{prefix + lookup: value})
 
@@ -76,7 +85,9 @@ class ImageFilters:
         if self.taken_to is not None and self.taken_to < date.max:  # the last day has no day after: no bound
             day_after = datetime.combine(self.taken_to + timedelta(days=1), dtime.min, tzinfo=timezone.utc)
             result &= q("taken_at__lt", day_after)
-        if self.orientation == "landscape":
+        if self.orientation and orientation_column:  # indexed (Embedding.orientation)
+            result &= q("orientation", {"landscape": 1, "portrait": -1, "square": 0}[self.orientation])
+        elif self.orientation == "landscape":
             result &= q("width__gt", F(prefix + "height"))
         elif self.orientation == "portrait":
             result &= q("width__lt", F(prefix + "height"))
@@ -105,6 +116,11 @@ class SearchParams:
             raise SearchError(f"top_k must be between 1 and {MAX_TOP_K}.")
         if not (1 <= self.page <= MAX_PAGE):
             raise SearchError(f"page must be between 1 and {MAX_PAGE}.")
+        if self.page * self.top_k > MAX_DEPTH:
+            # Deeper than this, no plan can rank the rows exactly at an affordable cost; refusing
+            # is better than pages that silently skip rows.
+            raise SearchError(f"Results go {MAX_DEPTH} deep at most: with top_k={self.top_k} the last page is "
+                              f"{MAX_DEPTH // self.top_k}. Narrow the search with filters or min_score to see more.")
         if self.min_score is not None and not (-1.0 <= self.min_score <= 1.0):
             raise SearchError("min_score must be between -1 and 1.")
 
@@ -122,16 +138,27 @@ class SearchResults:
     has_next: bool
     encode_ms: float
     database_ms: float
+    database: str = "default"        # the database alias that served it (a replica or the primary)
+    depth_limit_reached: bool = False  # more results exist, but past the deepest page served
 
 
 def images_search(*, params: SearchParams) -> SearchResults:
+    using = replicas.search_database()
+    try:
+        return _search(params, using)
+    except OperationalError:
+        if using == "default":
+            raise
+        replicas.mark_down(using)  # a replica that fails mid-search is skipped; the primary answers
+        return _search(params, "default")
+
+
+def _search(params: SearchParams, using: str) -> SearchResults:
     started = time.perf_counter()
     embedder = get_embedder()
-    space = EmbeddingSpace.objects.filter(name=embedder.space_name).first()
-    image_filter = params.filters.as_q(prefix="image__")
+    space = EmbeddingSpace.objects.using(using).filter(name=embedder.space_name).first()
     if params.similar_to is not None:
-        vector = _stored_vector(space, params.similar_to)
-        image_filter &= ~Q(image_id=params.similar_to)
+        vector = _stored_vector(space, params.similar_to, using)
     elif params.image is not None:
         vector = embedder.embed_images([params.image])[0]
     else:
@@ -139,33 +166,36 @@ def images_search(*, params: SearchParams) -> SearchResults:
     encoded = time.perf_counter()
 
     hits: list[SearchHit] = []
-    has_next = False
+    has_next = more = False
     if space is not None:
         offset = (params.page - 1) * params.top_k
         neighbours = nearest(
-            space=space, vector=vector, image_filter=image_filter, offset=offset, limit=params.top_k + 1,
-            max_distance=None if params.min_score is None else 1.0 - params.min_score,
-            collapse_groups=params.collapse_groups)
-        has_next = len(neighbours) > params.top_k
+            space=space, vector=vector, image_filter=params.filters.embedding_q(), offset=offset,
+            limit=params.top_k + 1, max_distance=None if params.min_score is None else 1.0 - params.min_score,
+            collapse_groups=params.collapse_groups, exclude_image_id=params.similar_to, using=using)
+        more = len(neighbours) > params.top_k
+        has_next = more and (params.page + 1) * params.top_k <= MAX_DEPTH
         neighbours = neighbours[:params.top_k]
-        images = Image.objects.in_bulk([n.image_id for n in neighbours])
+        images = Image.objects.using(using).in_bulk([n.image_id for n in neighbours])
         hits = [SearchHit(image=images[n.image_id], score=1.0 - n.distance)
                 for n in neighbours if n.image_id in images]
     return SearchResults(hits=hits, page=params.page, has_next=has_next,
                          encode_ms=(encoded - started) * 1000,
-                         database_ms=(time.perf_counter() - encoded) * 1000)
+                         database_ms=(time.perf_counter() - encoded) * 1000,
+                         database=using, depth_limit_reached=more and not has_next)
 
 
-def _stored_vector(space: EmbeddingSpace | None, image_id: int):
+def _stored_vector(space: EmbeddingSpace | None, image_id: int, using: str):
     """The stored vector of an image in the current space: "more like this" never re-embeds."""
     vector = None
     if space is not None:
-        vector = Embedding.objects.filter(space=space, image_id=image_id).values_list("vector", flat=True).first()
+        vector = (Embedding.objects.using(using).filter(space=space, image_id=image_id)
+                  .values_list("vector", flat=True).first())
     if vector is None:
-        if not Image.objects.filter(pk=image_id).exists():
+        if not Image.objects.using(using).filter(pk=image_id).exists():
             raise ImageNotFound(f"Image {image_id} does not exist.")
         raise SearchError(f"Image {image_id} has no embedding for the current model yet.")
-    return vector
+    return np.asarray(vector, dtype=np.float32)
 
 
 def similar_images(*, image_id: int, top_k: int = 12) -> list[SearchHit]:

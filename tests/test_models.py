@@ -42,8 +42,8 @@ def test_space_creation_builds_its_hnsw_index_once():
     with connection.cursor() as cursor:
         cursor.execute("SELECT indexdef FROM pg_indexes WHERE indexname = %s", [space.index_name])
         (definition,) = cursor.fetchone()
-    assert "USING hnsw" in definition and "vector_cosine_ops" in definition
-    assert "vector(8)" in definition and f"space_id = {space.pk}" in definition
+    assert "USING hnsw" in definition and "halfvec_ip_ops" in definition
+    assert "halfvec(8)" in definition and f"space_id = {space.pk}" in definition
 
 
 def test_space_refuses_vectors_of_another_dimension():
@@ -60,6 +60,38 @@ def test_one_embedding_per_image_and_space_but_many_spaces():
     Embedding.objects.create(image=image, space=second, vector=[0, 1, 0, 0])
     with pytest.raises(IntegrityError), transaction.atomic():
         Embedding.objects.create(image=image, space=first, vector=[0, 0, 1])
+
+
+def test_embedding_vectors_must_be_unit_length():
+    space = EmbeddingSpace.objects.ensure(name="test/unit", dimensions=3)
+    for bad in ([2, 0, 0], [0.5, 0.5, 0], [0, 0, 0]):
+        with pytest.raises(IntegrityError, match="embedding_unit_vector"), transaction.atomic():
+            Embedding.objects.create(image=_image(), space=space, vector=bad)
+    Embedding.objects.create(image=_image(), space=space, vector=[0.6, 0.8, 0])
+
+
+def _copies(embedding) -> tuple:
+    return Embedding.objects.filter(pk=embedding.pk).values_list(
+        "city", "width", "height", "taken_at", "group_key", "orientation").get()
+
+
+def test_embedding_copies_of_the_filter_columns_follow_the_image():
+    from datetime import datetime, timezone
+    taken = datetime(2024, 5, 1, 12, tzinfo=timezone.utc)
+    image = _image(city="Lima", width=30, height=20, taken_at=taken, group_key="sku-1")
+    space = EmbeddingSpace.objects.ensure(name="test/copies", dimensions=3)
+    embedding = Embedding.objects.create(image=image, space=space, vector=[1, 0, 0])
+    assert _copies(embedding) == ("Lima", 30, 20, taken, "sku-1", Embedding.Orientation.LANDSCAPE)
+
+    image.city, image.width, image.height, image.taken_at, image.group_key = "Oslo", 20, 40, None, ""
+    image.save()  # through the model
+    assert _copies(embedding) == ("Oslo", 20, 40, None, "", Embedding.Orientation.PORTRAIT)
+    Image.objects.filter(pk=image.pk).update(height=20, city="Kyiv")  # and through a bulk update
+    assert _copies(embedding) == ("Kyiv", 20, 20, None, "", Embedding.Orientation.SQUARE)
+
+    # A copy cannot be set apart from its image: the database writes it again.
+    Embedding.objects.filter(pk=embedding.pk).update(city="Elsewhere", width=999)
+    assert _copies(embedding)[:2] == ("Kyiv", 20)
 
 
 def test_failed_status_keeps_its_reason():

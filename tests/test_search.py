@@ -34,7 +34,10 @@ def exact_ranking(query_vector, images):
     """Ground truth: cosine similarity computed in numpy over the given images."""
     space = EmbeddingSpace.objects.get(name=get_embedder().space_name)
     vectors = dict(Embedding.objects.filter(space=space, image__in=images).values_list("image_id", "vector"))
-    scored = sorted(((float(np.dot(query_vector, vectors[i.pk])), i.pk) for i in images), reverse=True)
+    query = np.asarray(query_vector, dtype=np.float16).astype(np.float32)  # sent at half precision
+
+    scored = sorted(((float(np.dot(query, np.asarray(vectors[i.pk], dtype=np.float32))), i.pk) for i in images),
+                    reverse=True)
     return [pk for _, pk in scored]
 
 
@@ -90,7 +93,7 @@ def test_more_like_this_uses_the_stored_vector_and_excludes_the_image(corpus, mo
     results = search(similar_to=target.pk, top_k=5)
     ids = [hit.image.pk for hit in results.hits]
     assert target.pk not in ids and len(ids) == 5
-    vector = Embedding.objects.get(image=target).vector
+    vector = np.asarray(Embedding.objects.get(image=target).vector)
     assert ids == exact_ranking(vector, [i for i in corpus if i.pk != target.pk])[:5]
 
 

@@ -25,10 +25,10 @@ SPACE = "test/vector-search-32"
 SHA_PREFIX = "f0f0"
 # width = 100 + i % 1000, so "width <= 100 + x" keeps (x + 1) per mille of the corpus
 SELECTIVITIES = {
-    "0.1%": Q(image__width__lte=100),
-    "1%": Q(image__width__lte=109),
-    "10%": Q(image__city__in=["Oslo"]),  # an indexed column: i % 10 == 3
-    "50%": Q(image__width__lte=599),
+    "0.1%": Q(width__lte=100),
+    "1%": Q(width__lte=109),
+    "10%": Q(city__in=["Oslo"]),  # i % 10 == 3
+    "50%": Q(width__lte=599),
     "100%": Q(),
 }
 STRATEGIES = {"auto": None, "exact": 10**9, "hnsw": -1}  # values for vector_search.EXACT_MAX_ROWS
@@ -39,6 +39,8 @@ class Corpus:
         self.space, self.ids, self.vectors = space, ids, vectors
         self.widths, self.cities, self.groups = widths, cities, groups
         self.queries = unit_vectors(np.random.default_rng(99), 12)
+        # What the database compares: vectors and queries are stored and sent at half precision.
+        self.stored = halfvec(vectors)
 
     def mask(self, name: str) -> np.ndarray:
         return {
@@ -48,10 +50,15 @@ class Corpus:
 
     def ranking(self, query, mask) -> tuple[np.ndarray, np.ndarray]:
         """Exact (image ids, cosine distances) of the matching images, closest first, ties by id."""
-        distances = 1.0 - self.vectors[mask] @ query
+        distances = 1.0 - self.stored[mask] @ halfvec(query[None])[0]
         ids = self.ids[mask]
         order = np.lexsort((ids, distances))
         return ids[order], distances[order]
+
+
+def halfvec(vectors):
+    """What the database holds and compares: the vectors at half precision (inner product)."""
+    return vectors.astype(np.float16).astype(np.float32)
 
 
 def unit_vectors(rng, n):
@@ -185,20 +192,33 @@ def test_iterative_scan_fills_a_filtered_page_without_falling_back(corpus, monke
     assert not [r for r in caplog.records if "ran out" in r.getMessage()]
 
 
-def test_auto_plan_is_exact_for_small_filtered_sets_and_hnsw_otherwise(corpus):
-    for name, exact in (("0.1%", True), ("1%", True), ("10%", True), ("100%", False)):
+def test_a_small_space_is_ranked_exactly_whatever_the_filter(corpus):
+    for name in SELECTIVITIES:
+        assert plan_for(space=corpus.space, image_filter=SELECTIVITIES[name]).exact, name
+
+
+def test_plan_counts_the_matching_rows_and_walks_the_graph_only_above_the_exact_limit(corpus, monkeypatch):
+    monkeypatch.setattr(vector_search, "EXACT_MIN_ROWS", 100)
+    monkeypatch.setattr(vector_search, "EXACT_SHARE", 0.0)
+    for name, exact in (("0.1%", True), ("1%", True), ("10%", False), ("50%", False), ("100%", False)):
         plan = plan_for(space=corpus.space, image_filter=SELECTIVITIES[name])
         assert plan.exact is exact, (name, plan)
+        if name in ("0.1%", "1%"):  # counted, not estimated
+            assert plan.matching == corpus.mask(name).sum()
+        elif name != "100%":
+            assert plan.matching == 101  # counting stops past the limit
+            assert plan.ef_search > vector_search.EF_SEARCH_UNFILTERED  # a narrower filter walks further
     unfiltered = plan_for(space=corpus.space, image_filter=Q())
-    assert unfiltered.ef_search == vector_search.EF_SEARCH_UNFILTERED
+    assert unfiltered.matching is None and unfiltered.ef_search == vector_search.EF_SEARCH_UNFILTERED
 
 
-def test_unfiltered_query_is_served_by_the_hnsw_index(corpus):
+def test_unfiltered_query_is_served_by_the_hnsw_index(corpus, monkeypatch):
     """EXPLAIN the very statement nearest() sends, inside its transaction (its SET LOCALs apply)."""
+    monkeypatch.setattr(vector_search, "EXACT_MAX_ROWS", -1)
     plans = []
 
     def explain_ordered_queries(execute, sql, params, many, context):
-        if "ORDER BY" in sql and "<=>" in sql:
+        if "ORDER BY" in sql and "<#>" in sql:
             raw = context["connection"].connection  # the psycopg connection: not wrapped again
             plans.append("\n".join(row[0] for row in raw.execute("EXPLAIN " + sql, params)))
         return execute(sql, params, many, context)
@@ -221,12 +241,12 @@ def test_settings_do_not_leak_into_the_callers_transaction(corpus, strategy):
 
 def test_naive_filtered_hnsw_query_returns_too_few_rows(corpus):
     """The problem this module solves: pgvector filters after taking ef_search candidates."""
-    from pgvector.django import CosineDistance
+    from pgvector.django import MaxInnerProduct
     with connection.cursor() as cursor:
         cursor.execute("SET LOCAL hnsw.ef_search = 40")
         cursor.execute("SET LOCAL enable_sort = off")  # the planner would sort 4,000 rows exactly
     naive = (Embedding.objects.filter(space=corpus.space).filter(SELECTIVITIES["10%"])
-             .annotate(distance=CosineDistance(corpus.space.typed_vector(), corpus.queries[0]))
+             .annotate(distance=MaxInnerProduct(corpus.space.typed_vector(), corpus.queries[0]))
              .order_by("distance")[:40])
     assert len(naive) < 40
     assert len(search(corpus, corpus.queries[0], "10%", limit=40)) == 40

@@ -202,6 +202,8 @@ class SearchResponseSerializer(serializers.Serializer):
     results = SearchHitSerializer(many=True)
     page = serializers.IntegerField()
     has_next = serializers.BooleanField()
+    depth_limit_reached = serializers.BooleanField(
+        help_text="More results exist past the deepest page served (1,000 results); narrow the search to see them.")
     timing = SearchTimingSerializer()
 
 
@@ -210,5 +212,6 @@ def search_response(results, *, context) -> dict:
         "results": SearchHitSerializer(results.hits, many=True, context=context).data,
         "page": results.page,
         "has_next": results.has_next,
+        "depth_limit_reached": results.depth_limit_reached,
         "timing": {"encode_ms": round(results.encode_ms, 2), "database_ms": round(results.database_ms, 2)},
     }
