@@ -32,7 +32,6 @@ from __future__ import annotations
 
 import json
 import logging
-import math
 import time
 from dataclasses import dataclass
 
@@ -54,9 +53,9 @@ EXACT_MIN_ROWS = 20_000
 EXACT_SHARE = 0.03
 EXACT_MAX_ROWS = 60_000
 EF_SEARCH_UNFILTERED = 200
-EF_SEARCH_MAX = 400
+EF_SEARCH_MAX = 1_000
 MAX_SCAN_TUPLES = 20_000  # pgvector's default, set explicitly so the ranking does not depend on the server
-MAX_DEPTH = 1_000         # rows of one ranking a page may reach (offset + limit)
+MAX_DEPTH = 500           # rows of one ranking a page may reach (offset + limit): recall stays >= 0.95
 PARALLEL_MIN_ROWS = 15_000  # an exact scan this large is worth two workers' start-up
 SPACE_SIZE_TTL = 60.0     # seconds a process trusts its estimate of a space's size
 
@@ -97,8 +96,10 @@ def plan_for(*, space: EmbeddingSpace, image_filter: Q, using: str = "default") 
     if matching <= limit:
         return Plan(exact=True, matching=matching)
     # More than ``limit`` match: the planner's estimate, never below what was counted, sizes ef_search.
+    # Correlated filters need a wide candidate list (clustered data, 7-14% date filters: recall@10
+    # 0.944 at ef_search 400, 0.969-0.981 at 1,000), broad ones much less.
     selectivity = min(1.0, max(matching, _estimated_rows(matched)) / max(size, 1))
-    ef_search = round(min(EF_SEARCH_MAX, EF_SEARCH_UNFILTERED / math.sqrt(selectivity)))
+    ef_search = round(min(EF_SEARCH_MAX, EF_SEARCH_UNFILTERED / selectivity ** 0.75))
     return Plan(exact=False, matching=matching, ef_search=ef_search)
 
 

@@ -5,6 +5,7 @@ from rest_framework import serializers
 
 from catalog.models import Image
 from catalog.search import MAX_ID, MAX_PAGE, MAX_SIDE, MAX_TOP_K, ORIENTATIONS, SearchError
+from catalog.vector_search import MAX_DEPTH
 from catalog.search_input import build_filters, build_search_params, decode_base64_image, decode_query_image
 
 # Sent by the site's own forms and DRF's format switch; never an unknown field.
@@ -203,7 +204,7 @@ class SearchResponseSerializer(serializers.Serializer):
     page = serializers.IntegerField()
     has_next = serializers.BooleanField()
     depth_limit_reached = serializers.BooleanField(
-        help_text="More results exist past the deepest page served (1,000 results); narrow the search to see them.")
+        help_text=f"More results exist past the deepest page served ({MAX_DEPTH} results); narrow the search to see them.")
     timing = SearchTimingSerializer()
 
 
