@@ -16,7 +16,7 @@ from dataclasses import dataclass, field
 from datetime import date, datetime, time as dtime, timedelta, timezone
 from typing import TYPE_CHECKING
 
-from django.db import OperationalError
+from django.db import InterfaceError, OperationalError
 from django.db.models import F, Q
 
 from catalog.embedder import get_embedder
@@ -146,7 +146,7 @@ def images_search(*, params: SearchParams) -> SearchResults:
     using = replicas.search_database()
     try:
         return _search(params, using)
-    except OperationalError:
+    except (OperationalError, InterfaceError):
         if using == "default":
             raise
         replicas.mark_down(using)  # a replica that fails mid-search is skipped; the primary answers

@@ -101,22 +101,23 @@ class Env:
         return self._parse(name, default, lambda raw: Path(raw).expanduser().resolve(), "a path")
 
 
-def parse_database_url(url: str) -> dict:
-    """Turn ``postgres://user:pass@host:port/name?opt=val`` into a Django DATABASES entry."""
+def parse_database_url(url: str, *, variable: str = "DATABASE_URL") -> dict:
+    """Turn ``postgres://user:pass@host:port/name?opt=val`` into a Django DATABASES entry
+    (``variable``: where it came from, for the error messages)."""
     parts = urlsplit(url)
     if parts.scheme not in {"postgres", "postgresql", "pgsql"}:
         raise ImproperlyConfigured(
-            f"DATABASE_URL must start with postgres:// or postgresql://, got scheme {parts.scheme!r}.")
+            f"{variable} must start with postgres:// or postgresql://, got scheme {parts.scheme!r}.")
     name = unquote(parts.path.lstrip("/"))
     if not name:
-        raise ImproperlyConfigured("DATABASE_URL has no database name (postgres://user@host/NAME).")
+        raise ImproperlyConfigured(f"{variable} has no database name (postgres://user@host/NAME).")
     options = dict(parse_qsl(parts.query))
     # A Unix-socket directory may be given as ?host=/path, as libpq allows.
     host = options.pop("host", None) or unquote(parts.hostname or "")
     try:
         port = parts.port
     except ValueError:
-        raise ImproperlyConfigured("DATABASE_URL has an invalid port.") from None
+        raise ImproperlyConfigured(f"{variable} has an invalid port.") from None
     return {
         "ENGINE": "django.db.backends.postgresql",
         "NAME": name,

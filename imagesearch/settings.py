@@ -127,6 +127,18 @@ DATABASES["default"]["CONN_HEALTH_CHECKS"] = True
 # many seconds, then a 503, instead of hanging it. ?connect_timeout= in DATABASE_URL wins.
 DATABASES["default"]["OPTIONS"].setdefault(
     "connect_timeout", env.int("IMAGESEARCH_DB_CONNECT_TIMEOUT", 5, minimum=1, maximum=600))
+# Read replicas (PostgreSQL streaming standbys): searches only, chosen by imagesearch/replicas.py;
+# the router keeps every other query, writes and job claims on the primary.
+for _number, _url in enumerate(env.list("DATABASE_REPLICA_URLS", []), start=1):
+    _replica = parse_database_url(_url, variable=f"DATABASE_REPLICA_URLS (entry {_number})")
+    # Short: a replica that does not answer costs one background health check this long, then is skipped.
+    _replica["OPTIONS"].setdefault("connect_timeout", 2)
+    _replica.update(CONN_MAX_AGE=DATABASES["default"]["CONN_MAX_AGE"], CONN_HEALTH_CHECKS=True,
+                    TEST={"MIRROR": "default"})
+    DATABASES[f"replica{_number}"] = _replica
+DATABASE_ROUTERS = ["imagesearch.replicas.PrimaryRouter"]
+# A replica further behind the primary than this (seconds) is skipped until it catches up.
+REPLICA_MAX_LAG = env.float("IMAGESEARCH_REPLICA_MAX_LAG", 10.0, minimum=0.0)
 DEFAULT_AUTO_FIELD = "django.db.models.BigAutoField"
 
 # --- Storage --------------------------------------------------------------
