@@ -118,23 +118,23 @@ class Migration(migrations.Migration):
         migrations.RunSQL("UPDATE catalog_embedding SET image_id = image_id", migrations.RunSQL.noop),
         migrations.AddIndex(
             model_name='embedding',
-            index=models.Index(fields=['space', 'city'], name='embedding_space_city'),
+            index=models.Index(fields=['space', 'city'], include=('image', 'width', 'height', 'taken_at', 'orientation'), name='embedding_space_city'),
         ),
         migrations.AddIndex(
             model_name='embedding',
-            index=models.Index(fields=['space', 'width'], name='embedding_space_width'),
+            index=models.Index(fields=['space', 'width'], include=('image', 'city', 'height', 'taken_at', 'orientation'), name='embedding_space_width'),
         ),
         migrations.AddIndex(
             model_name='embedding',
-            index=models.Index(fields=['space', 'height'], name='embedding_space_height'),
+            index=models.Index(fields=['space', 'height'], include=('image', 'city', 'width', 'taken_at', 'orientation'), name='embedding_space_height'),
         ),
         migrations.AddIndex(
             model_name='embedding',
-            index=models.Index(fields=['space', 'taken_at'], name='embedding_space_taken_at'),
+            index=models.Index(fields=['space', 'taken_at'], include=('image', 'city', 'width', 'height', 'orientation'), name='embedding_space_taken_at'),
         ),
         migrations.AddIndex(
             model_name='embedding',
-            index=models.Index(fields=['space', 'orientation'], name='embedding_space_orientation'),
+            index=models.Index(fields=['space', 'orientation'], include=('image', 'city', 'width', 'height', 'taken_at'), name='embedding_space_orientation'),
         ),
         migrations.RunPython(create_halfvec_hnsw, drop_hnsw),
     ]
