@@ -120,7 +120,7 @@ class SearchParams:
             # Deeper than this, no plan can rank the rows exactly at an affordable cost; refusing
             # is better than pages that silently skip rows.
             raise SearchError(f"Results go {MAX_DEPTH} deep at most: with top_k={self.top_k} the last page is "
-                              f"{MAX_DEPTH // self.top_k}. Narrow the search with filters or min_score to see more.")
+                              f"{MAX_DEPTH // self.top_k}. Narrow the search with filters to see other results.")
         if self.min_score is not None and not (-1.0 <= self.min_score <= 1.0):
             raise SearchError("min_score must be between -1 and 1.")
 
@@ -150,6 +150,11 @@ def images_search(*, params: SearchParams) -> SearchResults:
         if using == "default":
             raise
         replicas.mark_down(using)  # a replica that fails mid-search is skipped; the primary answers
+        return _search(params, "default")
+    except SearchError:
+        if using == "default" or params.similar_to is None:
+            raise
+        # "More like this" on an image the replica has not replayed yet: the primary has it.
         return _search(params, "default")
 
 

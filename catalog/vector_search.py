@@ -122,8 +122,11 @@ def nearest(*, space: EmbeddingSpace, vector, image_filter: Q, offset: int, limi
         return []
     if offset + limit > MAX_DEPTH + 1:  # +1: the caller's "is there a next page" row
         raise ValueError(f"nearest() ranks {MAX_DEPTH} rows deep at most")
-    vector = np.asarray(vector, dtype=np.float32)
-    vector = vector / (np.linalg.norm(vector) or 1.0)  # unit, like every stored vector
+    vector = np.asarray(vector, dtype=np.float64)
+    norm = np.linalg.norm(vector)
+    if not (np.isfinite(norm) and norm > 1e-6):
+        raise ValueError("the query vector must be finite and not zero")
+    vector = (vector / norm).astype(np.float32)  # unit, like every stored vector
     query = Cast(Value(HalfVector(vector).to_text()), HalfVectorField(dimensions=space.dimensions))
     matched = Embedding.objects.using(using).filter(space=space).filter(image_filter)
     if exclude_image_id is not None:
@@ -234,11 +237,17 @@ def _columns(image_filter: Q) -> set[str]:
 
 
 def _space_size(space: EmbeddingSpace, using: str) -> int:
-    """The planner's estimate of the space's rows, refreshed every SPACE_SIZE_TTL seconds."""
+    """The space's rows, refreshed every SPACE_SIZE_TTL seconds: the planner's estimate, or where it
+    says the space is small, a count (capped past the smallest exact limit): a freshly filled space
+    has a stale estimate (17 rows for 100,000 until ANALYZE), which would rank it all exactly."""
     key, now = (using, space.pk), time.monotonic()
     cached = _space_sizes.get(key)
     if cached is None or now - cached[0] > SPACE_SIZE_TTL:
-        cached = _space_sizes[key] = (now, _estimated_rows(Embedding.objects.using(using).filter(space=space)))
+        in_space = Embedding.objects.using(using).filter(space=space)
+        size = _estimated_rows(in_space)
+        if size <= exact_limit(size):
+            size = max(size, in_space.values("pk")[:exact_limit(0) + 1].count())
+        cached = _space_sizes[key] = (now, size)
     return cached[1]
 
 
@@ -256,8 +265,10 @@ def _set_local(using: str, **settings) -> None:
 
 
 def refresh_planner_statistics(using: str = "default") -> None:
-    """ANALYZE the embeddings after a bulk load, so that space sizes and ef_search estimates are
-    current before autovacuum catches up."""
+    """VACUUM ANALYZE the embeddings after a bulk load, so that estimates are current and counts
+    read the covering indexes only (the visibility map), before autovacuum catches up."""
     _space_sizes.clear()
-    with connections[using].cursor() as cursor:
-        cursor.execute("ANALYZE catalog_embedding")
+    connection = connections[using]
+    with connection.cursor() as cursor:
+        # VACUUM cannot run inside a transaction block; ANALYZE alone still helps there.
+        cursor.execute("ANALYZE catalog_embedding" if connection.in_atomic_block else "VACUUM ANALYZE catalog_embedding")

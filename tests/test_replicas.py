@@ -278,6 +278,24 @@ class TestStandby:
         wait_until_usable()
         assert search_ids() == (ALIAS, found)
 
+    def test_more_like_this_on_an_image_the_standby_has_not_replayed_is_answered_by_the_primary(
+            self, standby, settings):
+        from catalog.search import SearchParams, images_search
+
+        (old,) = ingest_pictures([("old.png", varied_picture(7))])
+        wait_until_usable()
+        settings.REPLICA_MAX_LAG = 60  # a lag it is allowed to have
+        with connections[ALIAS].cursor() as cursor:
+            cursor.execute("SELECT pg_wal_replay_pause()")
+        try:
+            (new,) = ingest_pictures([("new.png", varied_picture(8))])
+            assert replicas.search_database() == ALIAS
+            results = images_search(params=SearchParams(similar_to=new.pk, top_k=5))
+            assert results.database == "default" and [hit.image.pk for hit in results.hits] == [old.pk]
+        finally:
+            with connections[ALIAS].cursor() as cursor:
+                cursor.execute("SELECT pg_wal_replay_resume()")
+
     def test_a_stopped_standby_is_skipped_without_an_error_or_a_wait(self, standby):
         (image,) = ingest_pictures([("one.png", varied_picture(6))])
         wait_until_usable()

@@ -256,3 +256,14 @@ def test_empty_space_and_zero_limit(corpus):
     empty = EmbeddingSpace.objects.create(name="test/empty", dimensions=DIMS)
     assert nearest(space=empty, vector=corpus.queries[0], image_filter=Q(), offset=0, limit=10) == []
     assert search(corpus, corpus.queries[0], "100%", limit=0) == []
+
+
+@pytest.mark.parametrize("bad", [np.zeros(DIMS), np.full(DIMS, np.nan), np.full(DIMS, np.inf), np.full(DIMS, 1e-30)])
+def test_a_query_vector_without_a_direction_is_refused(corpus, bad):
+    with pytest.raises(ValueError, match="finite and not zero"):
+        search(corpus, bad.astype(np.float32), "100%", limit=5)
+
+
+def test_a_query_vector_of_any_length_ranks_like_its_unit_vector(corpus):
+    query = corpus.queries[0]
+    assert search(corpus, query * 1e6, "10%", limit=10) == search(corpus, query, "10%", limit=10)

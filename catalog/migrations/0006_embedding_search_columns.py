@@ -11,9 +11,11 @@ COPIED = ("city", "width", "height", "taken_at", "group_key")
 CREATE_TRIGGERS = f"""
 CREATE FUNCTION catalog_embedding_copy_image_columns() RETURNS trigger LANGUAGE plpgsql AS $$
 BEGIN
+    -- FOR SHARE: an image update running beside this insert waits for it (or it for the update),
+    -- so the refresh trigger below sees this row; without it the copy could keep the old value.
     SELECT i.city, i.width, i.height, i.taken_at, i.group_key
       INTO NEW.city, NEW.width, NEW.height, NEW.taken_at, NEW.group_key
-      FROM catalog_image i WHERE i.id = NEW.image_id;
+      FROM catalog_image i WHERE i.id = NEW.image_id FOR SHARE;
     RETURN NEW;  -- no such image: the deferred foreign key reports it at commit
 END $$;
 CREATE TRIGGER catalog_embedding_copy_image_columns BEFORE INSERT OR UPDATE ON catalog_embedding
@@ -115,7 +117,9 @@ class Migration(migrations.Migration):
         ),
         migrations.RunSQL(CREATE_TRIGGERS, DROP_TRIGGERS),
         # Existing rows: touching each one makes the BEFORE UPDATE trigger copy its image's values.
-        migrations.RunSQL("UPDATE catalog_embedding SET image_id = image_id", migrations.RunSQL.noop),
+        # Immediate: otherwise the update's deferred foreign-key checks block the CREATE INDEX below.
+        migrations.RunSQL("SET CONSTRAINTS ALL IMMEDIATE; UPDATE catalog_embedding SET image_id = image_id; "
+                          "SET CONSTRAINTS ALL DEFERRED", migrations.RunSQL.noop),
         migrations.AddIndex(
             model_name='embedding',
             index=models.Index(fields=['space', 'city'], include=('image', 'width', 'height', 'taken_at', 'orientation'), name='embedding_space_city'),

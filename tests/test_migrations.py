@@ -1,0 +1,58 @@
+"""Migrations on a database that already holds a collection, not only on an empty one."""
+
+import numpy as np
+import pytest
+from django.db import connection
+from django.db.migrations.executor import MigrationExecutor
+from django.db.models import F, Q
+
+pytestmark = [pytest.mark.django_db(transaction=True), pytest.mark.slow]
+
+BEFORE_SEARCH_TABLE = ("catalog", "0005_shared_cache_table")
+ROWS, DIMS = 300, 16
+
+
+def _migrate(target):
+    executor = MigrationExecutor(connection)
+    executor.loader.build_graph()
+    executor.migrate([target] if target else executor.loader.graph.leaf_nodes())
+
+
+def test_embeddings_of_the_old_schema_become_searchable_rows_with_their_images_columns():
+    rng = np.random.default_rng(5)
+    vectors = rng.standard_normal((ROWS, DIMS)).astype(np.float32)
+    vectors /= np.linalg.norm(vectors, axis=1, keepdims=True)
+    cities = ["Paris", "Lima", ""]
+    _migrate(BEFORE_SEARCH_TABLE)
+    try:
+        with connection.cursor() as cursor:
+            # The schema of 0005: a float vector column and the old per-space index.
+            cursor.execute("INSERT INTO catalog_embeddingspace (name, dimensions, created_at) "
+                           "VALUES ('old/space', %s, now()) RETURNING id", [DIMS])
+            space_id = cursor.fetchone()[0]
+            for i in range(ROWS):
+                cursor.execute(
+                    "INSERT INTO catalog_image (file, thumbnail, sha256, original_name, width, height, city, group_key, "
+                    "taken_at, source, source_ref, created_at, status, status_reason) VALUES (%s, '', %s, '', %s, %s, "
+                    "%s, %s, now(), 'upload', '', now(), 'embedded', '') RETURNING id",
+                    [f"old/{i}.jpg", f"{i:064x}", 100 + i % 7, 100 + i % 5, cities[i % 3], f"g{i // 3}"])
+                cursor.execute("INSERT INTO catalog_embedding (vector, created_at, space_id, image_id) "
+                               "VALUES (%s::vector, now(), %s, %s)",
+                               ["[" + ",".join(map(str, vectors[i].tolist())) + "]", space_id, cursor.fetchone()[0]])
+            cursor.execute(f"CREATE INDEX catalog_embedding_hnsw_{space_id} ON catalog_embedding USING hnsw "
+                           f"((vector::vector({DIMS})) vector_cosine_ops) WHERE space_id = {space_id}")
+    finally:
+        _migrate(None)  # forward to the latest, data and all
+
+    from catalog.models import Embedding, EmbeddingSpace
+    from catalog.vector_search import nearest
+
+    space = EmbeddingSpace.objects.get(pk=space_id)
+    stale = (Embedding.objects.filter(space=space).exclude(city=F("image__city"))
+             | Embedding.objects.filter(space=space).exclude(width=F("image__width")))
+    assert Embedding.objects.filter(space=space).count() == ROWS and not stale.exists()
+    with connection.cursor() as cursor:
+        cursor.execute("SELECT indexdef FROM pg_indexes WHERE indexname = %s", [space.index_name])
+        assert "halfvec_ip_ops" in cursor.fetchone()[0]
+    found = nearest(space=space, vector=vectors[0], image_filter=Q(city="Paris"), offset=0, limit=5)
+    assert found[0].distance == pytest.approx(0.0, abs=1e-3)  # image 0 is in Paris: its own vector first
