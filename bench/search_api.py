@@ -42,7 +42,7 @@ from django.db import connection, transaction  # noqa: E402
 from catalog.embedder import get_embedder  # noqa: E402
 from catalog.models import Embedding, EmbeddingSpace  # noqa: E402
 
-SOURCE_SPACE = "bench/random-512-rank32"  # filled by bench/search_db.py
+SOURCE_SPACE = "bench/clustered-100000-seed0-512d"  # filled by bench/search_db.py (--rows 100000)
 QUERIES = ["snow-covered peaks in the sun", "一只毛茸茸的小狗在草地上奔跑", "a red car parked by the sea",
            "city lights at night", "a bowl of noodles", "old wooden boat", "family portrait", "夕阳下的海滩"]
 

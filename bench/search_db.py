@@ -1,22 +1,25 @@
-"""Database side of search: exact scan vs ``catalog.vector_search.nearest`` vs naive HNSW.
+"""Database side of search on clustered, correlated data: ``catalog.vector_search.nearest`` per filter case.
 
-Run:  .venv/bin/python bench/search_db.py [--rows 100000] [--queries 50] [--k 10] [--distribution rank32]
+Run:  .venv/bin/python bench/search_db.py [--rows 100000] [--queries 50] [--seed 0]
+      .venv/bin/python bench/search_db.py --rows 100000 --sweep      # HNSW parameters (m, ef_construction, ef_search)
+      .venv/bin/python bench/search_db.py --rows 100000 --halfvec    # halfvec against full-precision vector
 
 It uses its own data folder (IMAGESEARCH_DATA_DIR, default var/bench), never a user's collection.
-The first run fills an embedding space with random 512-d unit vectors (COPY) and builds its HNSW
-index; later runs with the same --rows and --distribution reuse them.
+The first run for a --rows/--seed loads ``bench.clustered.make_collection`` (clusters of photos
+sharing a home city, a camera and dates, near-duplicate bursts) into the real tables with COPY and
+builds the space's HNSW index; later runs reuse both (the collection itself is regenerated from the
+seed, in seconds, for the ground truth).
 
-Distributions: ``rank32`` (default) draws vectors from a random 32-dimensional subspace plus a
-little isotropic noise, then normalises them: random, but with the low intrinsic dimension of real
-CLIP embeddings, which is what makes HNSW work at all. ``uniform`` draws them uniformly from the
-512-d sphere: every point is then almost equally far from every other, and no graph index reaches
-useful recall (ef_search 400 finds ~30% of the true top 10); it is there as a worst case.
-Query vectors come from the same distribution and are not in the table.
+For every case of ``bench.clustered.filter_cases``: the matching rows, the plan ``nearest`` picks,
+p50/p95 of ``nearest(..., offset=0, limit=k)`` for k=10 and k=100 (each query run twice, the second
+timed), recall@k against exact numpy ranking for k in 1, 10, 30, 100, whether every result is in
+ascending distance order, and whether pages of 100 down to the deepest allowed depth are one
+contiguous ranking (and its recall at that depth).
 """
 from __future__ import annotations
 
 import argparse
-import logging
+import json
 import os
 import statistics
 import sys
@@ -36,245 +39,368 @@ import django  # noqa: E402
 django.setup()
 
 import numpy as np  # noqa: E402
+from django.conf import settings  # noqa: E402
 from django.core.management import call_command  # noqa: E402
 from django.db import connection, transaction  # noqa: E402
-from django.db.models import Q  # noqa: E402
-from django.utils import timezone  # noqa: E402
-from pgvector.django import CosineDistance  # noqa: E402
-from pgvector.psycopg import register_vector  # noqa: E402
 
+from bench.clustered import (all_scores, exact_neighbours, filter_cases, load_collection,  # noqa: E402
+                             make_collection, make_queries, recall)
 from catalog import vector_search  # noqa: E402
-from catalog.models import Embedding, EmbeddingSpace, Image  # noqa: E402
+from catalog.models import Embedding, EmbeddingSpace  # noqa: E402
 
 DIMS = 512
-SEED = 1234
-SHA_PREFIX = "b"  # the bench images' sha256 start with this
-# city shares; width = 100 + u with u uniform in 0..999 (btree indexes on city and width)
-CITIES = [("Reykjavik", 0.001), ("Oslo", 0.01), ("Lisbon", 0.10), ("Paris", 0.389), ("Berlin", 0.50)]
-CASES = [  # label, filter, numpy mask over (cities, widths)
-    ("no filter", Q(), lambda c, w: np.ones(len(c), dtype=bool)),
-    ("0.1% (city, indexed)", Q(image__city__in=["Reykjavik"]), lambda c, w: c == "Reykjavik"),
-    ("1% (width, indexed)", Q(image__width__lte=109), lambda c, w: w <= 109),
-    ("10% (city, indexed)", Q(image__city__in=["Lisbon"]), lambda c, w: c == "Lisbon"),
-    ("50% (width, indexed)", Q(image__width__lte=599), lambda c, w: w <= 599),
-]
+K_VALUES = (1, 10, 30, 100)
+PAGE = 100
+SWEEP_M = (16, 24, 32)
+SWEEP_EF_CONSTRUCTION = (64, 128, 200)
+SWEEP_EF_SEARCH = (40, 64, 100, 150, 200, 300, 400)
 
 
-def sampler(distribution: str, rng: np.random.Generator):
-    """A function drawing n unit vectors of the given distribution (its parameters drawn from rng)."""
-    basis = rng.standard_normal((32, DIMS), dtype=np.float32) / np.sqrt(32)
-
-    def draw(rng: np.random.Generator, n: int) -> np.ndarray:
-        if distribution == "rank32":
-            v = rng.standard_normal((n, 32), dtype=np.float32) @ basis
-            v += 0.025 * rng.standard_normal((n, DIMS), dtype=np.float32)
-        else:
-            v = rng.standard_normal((n, DIMS), dtype=np.float32)
-        return v / np.linalg.norm(v, axis=1, keepdims=True)
-    return draw
+def log(message: str) -> None:
+    print(message, flush=True)
 
 
-def space_name(distribution: str) -> str:
-    return f"bench/random-{DIMS}" + ("" if distribution == "uniform" else f"-{distribution}")
+def note(message: str) -> None:
+    log(message)
 
 
-def fill(rows: int, distribution: str) -> EmbeddingSpace:
+def space_name(rows: int, seed: int) -> str:
+    return f"bench/clustered-{rows}-seed{seed}-{DIMS}d"
+
+
+def _info_path(rows: int, seed: int) -> Path:
+    return Path(settings.DATA_DIR) / f"search_db-{rows}-seed{seed}.json"
+
+
+def _scalar(sql: str, params=()):
+    with connection.cursor() as cursor:
+        cursor.execute(sql, params)
+        return cursor.fetchone()[0]
+
+
+def _index_exists(name: str) -> bool:
+    return bool(_scalar("SELECT count(*) FROM pg_indexes WHERE indexname = %s", [name]))
+
+
+def ensure_space(collection, rows: int, seed: int):
+    """The space holding this collection, loaded and indexed once; (space, image ids, build info)."""
     call_command("migrate", verbosity=0)
-    if Image.objects.filter(sha256__startswith=SHA_PREFIX).count() != rows:
-        print(f"creating {rows:,} images ...", flush=True)
-        with transaction.atomic():
-            Embedding.objects.filter(space__name__startswith="bench/").delete()
-            Image.objects.filter(sha256__startswith=SHA_PREFIX).delete()
-            _copy_images(rows)
-    space = EmbeddingSpace.objects.ensure(name=space_name(distribution), dimensions=DIMS)
-    if Embedding.objects.filter(space=space).count() == rows and _index_exists(space):
-        print(f"reusing {rows:,} vectors in {space.name!r} and its HNSW index", flush=True)
-        return space
-    print(f"loading {rows:,} {distribution} vectors into {space.name!r} ...", flush=True)
-    started = time.perf_counter()
+    name, info_path = space_name(rows, seed), _info_path(rows, seed)
+    space = EmbeddingSpace.objects.filter(name=name).first()
+    if (space is not None and info_path.exists() and _index_exists(space.index_name)
+            and Embedding.objects.filter(space=space).count() == rows):
+        info = json.loads(info_path.read_text())
+        log(f"reusing {rows:,} vectors in {name!r} and its HNSW index")
+        return space, info["first_id"] + np.arange(rows, dtype=np.int64), info
+    if space is not None:  # a half-finished earlier load
+        log(f"removing the incomplete {name!r} ...")
+        with connection.cursor() as cursor:
+            cursor.execute("CREATE TEMP TABLE bench_gone AS SELECT image_id FROM catalog_embedding "
+                           "WHERE space_id = %s", [space.pk])
+            cursor.execute("DELETE FROM catalog_embedding WHERE space_id = %s", [space.pk])
+            cursor.execute("DELETE FROM catalog_image WHERE id IN (SELECT image_id FROM bench_gone)")
+            cursor.execute("DROP TABLE bench_gone")
+        space.delete()
+    log(f"loading {rows:,} clustered vectors into {name!r} ...")
+    timings: dict = {}
     with transaction.atomic():
-        with connection.schema_editor() as editor:  # build the index once, after loading
-            if _index_exists(space):
-                editor.remove_index(Embedding, space.hnsw_index())
-        Embedding.objects.filter(space=space).delete()
-        image_ids = _bench_image_ids()
-        rng = np.random.default_rng(SEED)
-        draw = sampler(distribution, rng)
-        connection.ensure_connection()
-        register_vector(connection.connection)  # binary COPY of vectors; before the cursor is made
-        with connection.cursor() as cursor, cursor.cursor.copy(
-                "COPY catalog_embedding (image_id, space_id, vector, created_at) FROM STDIN (FORMAT BINARY)") as copy:
-            copy.set_types(["int8", "int8", "vector", "timestamptz"])
-            now = timezone.now()
-            for start in range(0, rows, 10_000):
-                for image_id, vector in zip(image_ids[start:start + 10_000], draw(rng, min(10_000, rows - start))):
-                    copy.write_row((image_id, space.pk, vector, now))
-    print(f"  loaded in {time.perf_counter() - started:.1f} s", flush=True)
+        space, image_ids = load_collection(collection, space_name=name, build_index=False, timings=timings)
+    log(f"  images {timings['images_s']:.1f} s, embeddings {timings['embeddings_s']:.1f} s (COPY, triggers)")
     started = time.perf_counter()
     with connection.cursor() as cursor:
-        cursor.execute("SET maintenance_work_mem = '1GB'")  # the whole graph fits: a fast in-memory build
-        cursor.execute("SET max_parallel_maintenance_workers = 2")
+        # The whole graph in memory (a fast build); one parallel worker besides the leader on 2 cores.
+        cursor.execute("SET maintenance_work_mem = '3GB'")
+        cursor.execute("SET max_parallel_maintenance_workers = 1")
         with connection.schema_editor() as editor:
             editor.add_index(Embedding, space.hnsw_index())
         cursor.execute("RESET maintenance_work_mem")
         cursor.execute("RESET max_parallel_maintenance_workers")
-    print(f"  HNSW index (m=16, ef_construction=64) built in {time.perf_counter() - started:.1f} s", flush=True)
-    with connection.cursor() as cursor:
+    index_s = time.perf_counter() - started
+    log(f"  HNSW index (m={space.HNSW_M}, ef_construction={space.HNSW_EF_CONSTRUCTION}) built in {index_s:.1f} s")
+    with connection.cursor() as cursor:  # what autovacuum does later: statistics and the visibility map
         cursor.execute("VACUUM ANALYZE catalog_image")
         cursor.execute("VACUUM ANALYZE catalog_embedding")
-    return space
-
-
-def _copy_images(rows: int) -> None:
-    rng = np.random.default_rng(SEED + 1)
-    cities = rng.choice([c for c, _ in CITIES], size=rows, p=[p for _, p in CITIES])
-    widths = 100 + rng.integers(0, 1000, size=rows)
-    heights = 100 + rng.integers(0, 1000, size=rows)
-    groups = rng.integers(0, rows // 4, size=rows)
-    now = timezone.now()
-    with connection.cursor() as cursor, cursor.cursor.copy(
-            "COPY catalog_image (file, thumbnail, sha256, original_name, width, height, city, group_key, "
-            "source, source_ref, created_at, status, status_reason) FROM STDIN") as copy:
-        for i in range(rows):
-            copy.write_row((f"bench/{i}.jpg", "", f"{SHA_PREFIX}{i:063x}", f"{i}.jpg", int(widths[i]),
-                            int(heights[i]), str(cities[i]), f"g{groups[i]}", "folder", "", now, "embedded", ""))
-
-
-def _bench_image_ids() -> list[int]:
-    return list(Image.objects.filter(sha256__startswith=SHA_PREFIX).order_by("sha256").values_list("id", flat=True))
-
-
-def _index_exists(space: EmbeddingSpace) -> bool:
-    with connection.cursor() as cursor:
-        cursor.execute("SELECT 1 FROM pg_indexes WHERE indexname = %s", [space.index_name])
-        return cursor.fetchone() is not None
-
-
-def load_vectors(space: EmbeddingSpace):
-    """(image ids, vectors, cities, widths) as stored, for the ground truth."""
-    connection.ensure_connection()
-    register_vector(connection.connection)
-    with connection.cursor() as cursor:
-        cursor.execute("SELECT e.image_id, e.vector, i.city, i.width FROM catalog_embedding e "
-                       "JOIN catalog_image i ON i.id = e.image_id WHERE e.space_id = %s", [space.pk])
-        rows = cursor.fetchall()
-    ids, vectors, cities, widths = zip(*rows)
-    vectors = np.stack([v.to_numpy() if hasattr(v, "to_numpy") else v for v in vectors]).astype(np.float32)
-    return np.array(ids), vectors, np.array(cities), np.array(widths)
+    vector_search.refresh_planner_statistics()
+    info = {"first_id": int(image_ids[0]), "index_s": index_s, **timings, "m": space.HNSW_M,
+            "ef_construction": space.HNSW_EF_CONSTRUCTION}
+    info_path.write_text(json.dumps(info))
+    return space, image_ids, info
 
 
 def _ms(started: float) -> float:
     return (time.perf_counter() - started) * 1000
 
 
-def exact_scan(space, image_filter, vector, k):
-    """A plain exact query: ORDER BY the distance of the bare column (not the index expression)."""
-    with transaction.atomic():
-        return list(Embedding.objects.filter(space=space).filter(image_filter)
-                    .annotate(distance=CosineDistance("vector", vector))
-                    .order_by("distance", "image_id").values_list("image_id", flat=True)[:k])
-
-
-def naive_hnsw(space, image_filter, vector, k):
-    """The query before this work: ORDER BY the indexed distance with the filter, pgvector defaults."""
-    with transaction.atomic(), connection.cursor() as cursor:
-        cursor.execute("SET LOCAL hnsw.ef_search = 40")
-        cursor.execute("SET LOCAL hnsw.iterative_scan = off")
-        return list(Embedding.objects.filter(space=space).filter(image_filter)
-                    .annotate(distance=CosineDistance(space.typed_vector(), vector))
-                    .order_by("distance").values_list("image_id", flat=True)[:k])
-
-
-def naive_plan(space, image_filter, vector, k) -> str:
-    with transaction.atomic(), connection.cursor() as cursor:
-        cursor.execute("SET LOCAL hnsw.ef_search = 40")
-        plan = (Embedding.objects.filter(space=space).filter(image_filter)
-                .annotate(distance=CosineDistance(space.typed_vector(), vector))
-                .order_by("distance").values_list("image_id")[:k].explain())
-    return "hnsw" if space.index_name in plan else "exact"
-
-
-class FallbackCounter(logging.Handler):
-    def __init__(self):
-        super().__init__(logging.DEBUG)
-        self.count = 0
-
-    def emit(self, record):
-        self.count += "ran out" in record.getMessage()
-
-
-def timed(fn, queries) -> tuple[list[float], list]:
-    """Run every query twice and time the second pass: each method is measured with the pages it
-    uses as cached as they get (with 128 MB shared_buffers, whatever ran before would otherwise
-    decide how much comes from the OS cache)."""
-    for q in queries:
-        fn(q)
-    times, results = [], []
-    for q in queries:
-        started = time.perf_counter()
-        results.append(fn(q))
-        times.append(_ms(started))
-    return times, results
-
-
 def pct(values, q) -> float:
-    return float(np.percentile(values, q))
+    return float(np.percentile(values, q)) if len(values) else float("nan")
+
+
+def _sorted(neighbours) -> bool:
+    keys = [(n.distance, n.image_id) for n in neighbours]
+    return all(a[0] <= b[0] for a, b in zip(keys, keys[1:]))
+
+
+def measure_cases(space, collection, image_ids, queries, scores, args) -> list[dict]:
+    rows = []
+    first_id = int(image_ids[0])
+    for case in filter_cases(collection):
+        if args.only not in case.label:
+            continue
+        image_filter = case.filters.embedding_q()
+        matching = int(case.mask.sum())
+        truths = {k: [] for k in (*K_VALUES, vector_search.MAX_DEPTH)}
+        for j in range(len(queries)):
+            top = exact_neighbours(collection, case.mask, queries[j], vector_search.MAX_DEPTH, scores=scores[:, j])
+            for k in truths:
+                truths[k].append((top[:k] + first_id).tolist())
+        plan = vector_search.plan_for(space=space, image_filter=image_filter)
+
+        def run(q, k, image_filter=image_filter):
+            return vector_search.nearest(space=space, vector=q, image_filter=image_filter, offset=0, limit=k)
+
+        for q in queries:  # warm-up: the pages this case reads, as cached as they get
+            run(q, 100)
+        times = {k: [] for k in K_VALUES}
+        recalls = {k: [] for k in K_VALUES}
+        unsorted = short = 0
+        for k in K_VALUES:
+            for j, q in enumerate(queries):
+                started = time.perf_counter()
+                found = run(q, k)
+                times[k].append(_ms(started))
+                unsorted += not _sorted(found)
+                short += len(found) != min(k, matching)
+                recalls[k].append(recall([n.image_id for n in found], truths[k][j]))
+        # Deep pages: pages of PAGE rows down to MAX_DEPTH are one contiguous ranking.
+        contiguous = True
+        deep_recall = []
+        for j, q in enumerate(queries[:args.deep_queries]):
+            ranking = []
+            for offset in range(0, vector_search.MAX_DEPTH, PAGE):
+                ranking += vector_search.nearest(space=space, vector=q, image_filter=image_filter,
+                                                 offset=offset, limit=PAGE)
+            whole = vector_search.nearest(space=space, vector=q, image_filter=image_filter, offset=0,
+                                          limit=vector_search.MAX_DEPTH)
+            contiguous &= [n.image_id for n in ranking] == [n.image_id for n in whole] and _sorted(ranking)
+            deep_recall.append(recall([n.image_id for n in ranking], truths[vector_search.MAX_DEPTH][j]))
+        row = {"label": case.label, "matching": matching, "plan": str(plan),
+               "p50_10": pct(times[10], 50), "p95_10": pct(times[10], 95),
+               "p50_100": pct(times[100], 50), "p95_100": pct(times[100], 95),
+               **{f"recall_{k}": statistics.mean(recalls[k]) for k in K_VALUES},
+               **{f"min_recall_{k}": min(recalls[k]) for k in K_VALUES},
+               "unsorted": unsorted, "short": short, "contiguous": contiguous,
+               "deep_recall": statistics.mean(deep_recall) if deep_recall else float("nan")}
+        rows.append(row)
+        log(_case_line(row))
+    return rows
+
+
+CASE_HEADER = ("| case | matching | plan | p50 / p95 ms k=10 | p50 / p95 ms k=100 | recall@1 | @10 | @30 | @100 "
+               "| min @10 | sorted | pages to the depth limit contiguous (recall there) |\n"
+               "|---|---:|---|---:|---:|---:|---:|---:|---:|---:|---|---|")
+
+
+def _case_line(r: dict) -> str:
+    flag = "yes" if not r["unsorted"] else f"**{r['unsorted']} unsorted**"
+    if r["short"]:
+        flag += f", **{r['short']} short pages**"
+    return (f"| {r['label']} | {r['matching']:,} | {r['plan']} | {r['p50_10']:.1f} / {r['p95_10']:.1f} "
+            f"| {r['p50_100']:.1f} / {r['p95_100']:.1f} | {r['recall_1']:.3f} | {r['recall_10']:.3f} "
+            f"| {r['recall_30']:.3f} | {r['recall_100']:.3f} | {r['min_recall_10']:.2f} | {flag} "
+            f"| {'yes' if r['contiguous'] else '**no**'} ({r['deep_recall']:.3f}) |")
+
+
+# --- raw SQL side tables: the parameter sweep and the full-precision comparison ---------------------
+
+def _copy_side_table(table: str, collection, image_ids, *, column_type: str) -> None:
+    """A side table (image_id, vector) with the collection's float32 vectors as ``column_type``
+    (``vector`` or ``halfvec``), stored in the row, filled by binary COPY."""
+    dims = collection.dims
+    element = ">f4" if column_type == "vector" else ">f2"
+    size = 4 if column_type == "vector" else 2
+    with connection.cursor() as cursor:
+        cursor.execute(f"DROP TABLE IF EXISTS {table}")
+        cursor.execute(f"CREATE TABLE {table} (image_id bigint PRIMARY KEY, vector {column_type}({dims}))")
+        cursor.execute(f"ALTER TABLE {table} ALTER COLUMN vector SET STORAGE PLAIN")
+        record = np.dtype([("fields", ">i2"), ("l1", ">i4"), ("image_id", ">i8"), ("l2", ">i4"),
+                           ("dim", ">i2"), ("unused", ">i2"), ("vector", element, (dims,))])
+        with cursor.cursor.copy(f"COPY {table} (image_id, vector) FROM STDIN (FORMAT BINARY)") as copy:
+            copy.write(b"PGCOPY\n\xff\r\n\x00" + b"\x00" * 8)
+            for start in range(0, len(collection), 65536):
+                stop = min(len(collection), start + 65536)
+                rows = np.zeros(stop - start, dtype=record)
+                rows["fields"], rows["l1"], rows["l2"], rows["dim"] = 2, 8, 4 + size * dims, dims
+                rows["image_id"] = image_ids[start:stop]
+                rows["vector"] = collection.vectors[start:stop]
+                copy.write(rows.tobytes())
+            copy.write(b"\xff\xff")
+        cursor.execute(f"VACUUM ANALYZE {table}")
+
+
+def _build_side_index(table: str, index: str, *, column_type: str, m: int, ef_construction: int) -> float:
+    started = time.perf_counter()
+    with connection.cursor() as cursor:
+        cursor.execute(f"DROP INDEX IF EXISTS {index}")
+        cursor.execute("SET maintenance_work_mem = '3GB'")
+        cursor.execute("SET max_parallel_maintenance_workers = 1")
+        cursor.execute(f"CREATE INDEX {index} ON {table} USING hnsw (vector {column_type}_cosine_ops) "
+                       f"WITH (m = {m}, ef_construction = {ef_construction})")
+        cursor.execute("RESET maintenance_work_mem")
+        cursor.execute("RESET max_parallel_maintenance_workers")
+    return time.perf_counter() - started
+
+
+def _side_search(table: str, column_type: str, ef_search: int, queries, k: int, operator: str = "<=>"):
+    """Unfiltered top k through the table's HNSW index (``operator``: the one its operator class
+    serves): (times ms of a second pass, image ids)."""
+    sql = f"SELECT image_id FROM {table} ORDER BY vector {operator} %s::{column_type} LIMIT {k}"
+    found, times = [], []
+    with transaction.atomic(), connection.cursor() as cursor:
+        # enable_sort off: the index order is then the only plan (a small table is otherwise sorted whole).
+        cursor.execute("SELECT set_config('hnsw.ef_search', %s, true), set_config('hnsw.iterative_scan', 'off', true), "
+                       "set_config('enable_sort', 'off', true)", [str(ef_search)])
+        texts = ["[" + ",".join(f"{x:.7g}" for x in q) + "]" for q in queries]
+        for text in texts:
+            cursor.execute(sql, [text])
+            cursor.fetchall()
+        for text in texts:
+            started = time.perf_counter()
+            cursor.execute(sql, [text])
+            found.append([r[0] for r in cursor.fetchall()])
+            times.append(_ms(started))
+    return times, found
+
+
+def sweep(collection, image_ids, queries, scores, args) -> None:
+    """recall@10 and p50 for each (m, ef_construction, ef_search), unfiltered, on halfvec side indexes."""
+    table = f"bench_sweep_{len(collection)}"
+    _copy_side_table(table, collection, image_ids, column_type="halfvec")
+    first_id = int(image_ids[0])
+    truths = [(exact_neighbours(collection, None, q, 10, scores=scores[:, j]) + first_id).tolist()
+              for j, q in enumerate(queries)]
+    note(f"\n### HNSW sweep, {len(collection):,} x {collection.dims}-d clustered (seed {args.seed}), halfvec, "
+         f"unfiltered, {len(queries)} queries, k=10 ({time.strftime('%H:%M')}, load {os.getloadavg()[0]:.1f})\n")
+    note("| m | ef_construction | build s | index MB | " + " | ".join(f"ef {ef}" for ef in SWEEP_EF_SEARCH) + " |")
+    note("|---:|---:|---:|---:|" + "---:|" * len(SWEEP_EF_SEARCH))
+    for m in SWEEP_M:
+        for ef_construction in SWEEP_EF_CONSTRUCTION:
+            index = f"{table}_m{m}_efc{ef_construction}"
+            build_s = _build_side_index(table, index, column_type="halfvec", m=m, ef_construction=ef_construction)
+            size_mb = _scalar("SELECT pg_relation_size(%s::regclass)", [index]) / 2**20
+            cells = []
+            for ef in SWEEP_EF_SEARCH:
+                times, found = _side_search(table, "halfvec", ef, queries, 10)
+                cells.append(f"{statistics.mean(recall(f, t) for f, t in zip(found, truths)):.3f} / "
+                             f"{pct(times, 50):.1f} ms")
+            note(f"| {m} | {ef_construction} | {build_s:.0f} | {size_mb:.0f} | " + " | ".join(cells) + " |")
+            with connection.cursor() as cursor:
+                cursor.execute(f"DROP INDEX {index}")
+    note("(cells: mean recall@10 / p50 ms of the raw index query)")
+    with connection.cursor() as cursor:
+        cursor.execute(f"DROP TABLE {table}")
+
+
+def halfvec_comparison(space, collection, image_ids, queries, scores, info, args) -> list[str]:
+    """Index size, build time and unfiltered recall@10/100: halfvec (the product) against full
+    precision ``vector`` in a side table with the same m / ef_construction and ef_search."""
+    table = f"bench_fullvec_{len(collection)}"
+    index = f"{table}_hnsw"
+    m, efc = space.HNSW_M, space.HNSW_EF_CONSTRUCTION
+    info_path = _info_path(len(collection), args.seed)
+    if not (_index_exists(index) and info.get("fullvec_m") == m and info.get("fullvec_efc") == efc):
+        log(f"building the full-precision side table {table} and its index ...")
+        _copy_side_table(table, collection, image_ids, column_type="vector")
+        info.update(fullvec_index_s=_build_side_index(table, index, column_type="vector", m=m, ef_construction=efc),
+                    fullvec_m=m, fullvec_efc=efc)
+        info_path.write_text(json.dumps(info))
+    first_id = int(image_ids[0])
+    truth = {k: [(exact_neighbours(collection, None, q, k, scores=scores[:, j]) + first_id).tolist()
+                 for j, q in enumerate(queries)] for k in (10, 100)}
+    # Exact ranking on half-precision vectors (what an exact scan of the product ranks by) against float32.
+    half = collection.vectors.astype(np.float16).astype(np.float32)
+    half /= np.linalg.norm(half, axis=1, keepdims=True)
+    half_scores = half @ queries.T
+    exact_half = {k: statistics.mean(
+        recall((exact_neighbours(collection, None, q, k, scores=half_scores[:, j]) + first_id).tolist(), truth[k][j])
+        for j, q in enumerate(queries)) for k in (10, 100)}
+    ef = vector_search.EF_SEARCH_UNFILTERED
+    lines = ["| storage | index size | index build | table size | HNSW recall@10 | HNSW recall@100 "
+             "| p50 ms k=10 | exact-ranking recall@10 / @100 |", "|---|---:|---:|---:|---:|---:|---:|---|"]
+    # The space's index may serve inner product (unit vectors: the same order as cosine distance).
+    operator = "<#>" if "_ip_ops" in _scalar("SELECT indexdef FROM pg_indexes WHERE indexname = %s",
+                                             [space.index_name]) else "<=>"
+    for label, tbl, idx, column_type, build_s, op in (
+            ("halfvec (catalog_embedding)", None, space.index_name, "halfvec", info["index_s"], operator),
+            ("vector, full precision (side table)", table, index, "vector", info["fullvec_index_s"], "<=>")):
+        if tbl is None:  # the product's table: a side view of this space only
+            tbl = f"(SELECT image_id, vector::halfvec({collection.dims}) AS vector FROM catalog_embedding " \
+                  f"WHERE space_id = {space.pk}) AS e"
+            size = _scalar("SELECT pg_table_size('catalog_embedding')")
+        else:
+            size = _scalar("SELECT pg_table_size(%s::regclass)", [table])
+        recalls = {}
+        for k in (10, 100):
+            times, found = _side_search(tbl, column_type, ef, queries, k, op)
+            recalls[k] = statistics.mean(recall(f, t) for f, t in zip(found, truth[k]))
+            if k == 10:
+                p50 = pct(times, 50)
+        exact = (f"{exact_half[10]:.4f} / {exact_half[100]:.4f}" if column_type == "halfvec" else "1 / 1")
+        lines.append(f"| {label} | {_scalar('SELECT pg_relation_size(%s::regclass)', [idx]) / 2**20:.0f} MB "
+                     f"| {build_s:.0f} s | {size / 2**20:.0f} MB | {recalls[10]:.3f} | {recalls[100]:.3f} "
+                     f"| {p50:.1f} | {exact} |")
+    lines.append(f"(ef_search {ef}, m={m}, ef_construction={efc}, {len(queries)} queries; halfvec index operator "
+                 f"{operator}, vector index <=> (cosine; the same graph on unit vectors); the table size of "
+                 f"catalog_embedding covers every bench space in it)")
+    return lines
 
 
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--rows", type=int, default=100_000)
     parser.add_argument("--queries", type=int, default=50)
-    parser.add_argument("--k", type=int, default=10)
-    parser.add_argument("--distribution", choices=["rank32", "uniform"], default="rank32")
+    parser.add_argument("--seed", type=int, default=0)
+    parser.add_argument("--deep-queries", type=int, default=5, help="queries per case whose pages go to the depth limit")
+    parser.add_argument("--sweep", action="store_true", help="only the HNSW parameter sweep (raw SQL side indexes)")
+    parser.add_argument("--halfvec", action="store_true", help="only halfvec against full-precision vector (side table)")
+    parser.add_argument("--only", default="", help="only the filter cases whose label contains this")
+    parser.add_argument("--load-only", action="store_true", help="load and index the collection, measure nothing")
     args = parser.parse_args()
 
-    space = fill(args.rows, args.distribution)
-    ids, vectors, cities, widths = load_vectors(space)
-    queries = sampler(args.distribution, np.random.default_rng(SEED))(np.random.default_rng(SEED + 2), args.queries)
-    counter = FallbackCounter()
-    logging.getLogger(vector_search.__name__).addHandler(counter)
-    logging.getLogger(vector_search.__name__).setLevel(logging.DEBUG)
+    started = time.perf_counter()
+    collection = make_collection(args.rows, dims=DIMS, seed=args.seed)
+    queries = make_queries(collection, args.queries, seed=args.seed + 1000)
+    log(f"generated {args.rows:,} x {DIMS}-d clustered vectors in {time.perf_counter() - started:.1f} s")
+    space, image_ids, info = ensure_space(collection, args.rows, args.seed)
+    if args.load_only:
+        return
+    scores = all_scores(collection, queries)
 
     with connection.cursor() as cursor:
         cursor.execute("SELECT current_setting('shared_buffers'), current_setting('server_version'), "
                        "(SELECT extversion FROM pg_extension WHERE extname = 'vector'), "
-                       "pg_size_pretty(pg_relation_size(%s::regclass))", [space.index_name])
-        shared_buffers, server, pgvector, index_size = cursor.fetchone()
-    print(f"\n{len(ids):,} x {DIMS}-d {args.distribution} vectors in {space.name!r}; k={args.k}, "
-          f"{args.queries} queries per case; PostgreSQL {server.split()[0]}, pgvector {pgvector}, "
-          f"shared_buffers {shared_buffers}, HNSW index {index_size}; load average {os.getloadavg()[0]:.2f}\n")
-    header = ("| case | matching | exact scan p50 / p95 ms | nearest() p50 / p95 ms | nearest() recall@k (min) "
-              "| nearest() plan | naive HNSW rows returned (min) | naive recall@k | naive plan |")
-    print(header)
-    print("|---|---:|---:|---:|---:|---|---:|---:|---|")
-    for label, image_filter, mask_of in CASES:
-        mask = mask_of(cities, widths)
-        truths = []
-        for q in queries:
-            distances = 1.0 - vectors[mask] @ q
-            truths.append(set(ids[mask][np.argsort(distances, kind="stable")[:args.k]].tolist()))
-        plan = vector_search.plan_for(space=space, image_filter=image_filter)
-        def ours(q, image_filter=image_filter):
-            return vector_search.nearest(space=space, vector=q, image_filter=image_filter, offset=0, limit=args.k)
-        counter.count = 0
-        ours_ms, results = timed(ours, queries)
-        for found in results:
-            assert len(found) == min(args.k, mask.sum())
-        ours_recall = [len({n.image_id for n in found} & truth) / len(truth) for found, truth in zip(results, truths)]
-        naive = [naive_hnsw(space, image_filter, q, args.k) for q in queries]
-        naive_count = [len(found) for found in naive]
-        naive_recall = [len(set(found) & truth) / len(truth) for found, truth in zip(naive, truths)]
-        exact_ms, results = timed(lambda q: exact_scan(space, image_filter, q, args.k), queries)
-        for found, truth in zip(results, truths):
-            assert len(set(found) & truth) >= len(truth) - 1  # float32 near-ties aside, the same rows
-        fallback = f", rest exact in {counter.count // 2}/{args.queries}" if counter.count else ""
-        print(f"| {label} | {mask.sum():,} | {pct(exact_ms, 50):.1f} / {pct(exact_ms, 95):.1f} "
-              f"| {pct(ours_ms, 50):.1f} / {pct(ours_ms, 95):.1f} "
-              f"| {statistics.mean(ours_recall):.3f} ({min(ours_recall):.1f}) | {plan}{fallback} "
-              f"| {statistics.mean(naive_count):.1f} ({min(naive_count)}) | {statistics.mean(naive_recall):.3f} "
-              f"| {naive_plan(space, image_filter, queries[0], args.k)} |", flush=True)
-    print(f"\nload average at the end {os.getloadavg()[0]:.2f} (the bench shares the machine's 2 cores)")
+                       "pg_relation_size(%s::regclass), pg_table_size('catalog_embedding')", [space.index_name])
+        shared_buffers, server, pgvector, index_size, table_size = cursor.fetchone()
+    log(f"\n{args.rows:,} x {DIMS}-d clustered vectors (seed {args.seed}) in {space.name!r}; {args.queries} queries "
+        f"per case; PostgreSQL {server.split()[0]}, pgvector {pgvector}, shared_buffers {shared_buffers}; "
+        f"HNSW m={info['m']} ef_construction={info['ef_construction']}: {index_size / 2**20:.0f} MB, "
+        f"built in {info['index_s']:.0f} s; catalog_embedding {table_size / 2**20:.0f} MB; "
+        f"load average {os.getloadavg()[0]:.2f}\n")
+    if args.sweep:
+        sweep(collection, image_ids, queries, scores, args)
+        return
+    if args.halfvec:
+        for line in halfvec_comparison(space, collection, image_ids, queries, scores, info, args):
+            log(line)
+        return
+    log(CASE_HEADER)
+    rows = measure_cases(space, collection, image_ids, queries, scores, args)
+    bad = [r["label"] for r in rows if min(r[f"recall_{k}"] for k in K_VALUES) < 0.95]
+    log(f"\ncases with mean recall@k < 0.95 for some k: {len(bad)} of {len(rows)} {bad if bad else ''}")
+    log(f"worst p95 (k=10) of a filtered case: {max((r['p95_10'] for r in rows if r['label'] != 'no filter'), default=float('nan')):.1f} ms; "
+        f"unsorted results: {sum(r['unsorted'] for r in rows)}; "
+        f"non-contiguous deep pages: {sum(not r['contiguous'] for r in rows)}")
+    log(f"load average at the end {os.getloadavg()[0]:.2f} (the bench shares the machine's 2 cores); "
+        f"{time.perf_counter() - started:.0f} s in all")
 
 
 if __name__ == "__main__":

@@ -48,12 +48,16 @@ from catalog.models import Embedding, EmbeddingSpace
 
 logger = logging.getLogger(__name__)
 
-# Exact ranking costs ~1.2 us a matching row on the 2-core machine (20,000 rows: 26 ms); the graph
-# walk is trusted only for filters matching more than a few percent of the space.
+# Exact ranking costs ~1.2 us a matching row on one core (20,000 rows: 26 ms). The graph walk is
+# trusted only for filters matching more than 30% of the space: at 1,000,000 clustered images a
+# 3.6% city filter walked with ef_search 1,000 found 0.84 of the true top 100, a 13-24% date range
+# 0.69-0.76 of the top 10, while filters of 31% and more kept >= 0.99 (bench/README.md).
 EXACT_MIN_ROWS = 20_000
-EXACT_SHARE = 0.03
-EXACT_MAX_ROWS = 60_000
-EF_SEARCH_UNFILTERED = 200
+EXACT_SHARE = 0.30
+EXACT_MAX_ROWS = 400_000
+IDS_MAX_ROWS = 30_000  # a filter on several columns is ranked by the ids it matched, up to this many
+EF_SEARCH_UNFILTERED = 400  # 1,000,000 clustered images: recall@10 0.954 at 200, 0.974 at 400, 0.994 at 1,000
+EF_SEARCH_FILTERED = 400  # at selectivity 1; grows as the filter narrows, up to EF_SEARCH_MAX
 EF_SEARCH_MAX = 1_000
 MAX_SCAN_TUPLES = 20_000  # pgvector's default, set explicitly so the ranking does not depend on the server
 MAX_DEPTH = 500           # rows of one ranking a page may reach (offset + limit): recall stays >= 0.95
@@ -94,21 +98,23 @@ def plan_for(*, space: EmbeddingSpace, image_filter: Q, using: str = "default") 
     if not image_filter:
         return Plan(exact=False, matching=None, ef_search=EF_SEARCH_UNFILTERED)
     matched = Embedding.objects.using(using).filter(space=space).filter(image_filter)
-    if len(_columns(image_filter)) == 1:
-        # One column: its index finds the rows, so the ranking reads only matching rows.
-        matching, ids = matched.values("pk")[:limit + 1].count(), None
-    else:
+    ids = None
+    if len(_columns(image_filter)) > 1:
         # Several columns (correlated, misestimated): the count reads one covering index and keeps the
-        # ids, so the ranking reads only the rows that match instead of those one bound matches.
-        ids = list(matched.values_list("image_id", flat=True)[:limit + 1])
-        matching = len(ids)
+        # ids, so the ranking reads only the rows that match instead of all those one bound matches.
+        ids = list(matched.values_list("image_id", flat=True)[:min(limit, IDS_MAX_ROWS) + 1])
+        if len(ids) > min(limit, IDS_MAX_ROWS):
+            ids = None
+    # One column, or too many ids to pass around: its index finds the rows.
+    matching = len(ids) if ids is not None else matched.values("pk")[:limit + 1].count()
     if matching <= limit:
         return Plan(exact=True, matching=matching, image_ids=ids)
     # More than ``limit`` match: the planner's estimate, never below what was counted, sizes ef_search.
-    # Correlated filters need a wide candidate list (clustered data, 7-14% date filters: recall@10
-    # 0.944 at ef_search 400, 0.969-0.981 at 1,000), broad ones much less.
+    # Correlated filters need a wide candidate list: on clustered data a date range takes whole trips
+    # or none (7-14% of 20,000: recall@10 0.944 at ef_search 400, 0.969-0.981 at 1,000; 29% of
+    # 100,000: recall@100 0.945 at 575), broad ones less.
     selectivity = min(1.0, max(matching, _estimated_rows(matched)) / max(size, 1))
-    ef_search = round(min(EF_SEARCH_MAX, EF_SEARCH_UNFILTERED / selectivity ** 0.75))
+    ef_search = round(min(EF_SEARCH_MAX, EF_SEARCH_FILTERED / selectivity ** 0.75))
     return Plan(exact=False, matching=matching, ef_search=ef_search)
 
 
