@@ -7,7 +7,7 @@ Each figure is one fresh process, measured by the kernel (wait4's ru_maxrss):
   model        load the model, embed one batch: the floor every import starts from
   good folder  manage.py import_images over a folder of good photos
   hostile folder   the same over the hostile files (extreme shapes, bombs, huge headers, ...) plus the good ones
-  hostile job  the worker path (catalog.ingest.runner.run_job) over the same files uploaded, plus a
+  hostile job  the worker path (catalog.jobs.tasks.run_job) over the same files uploaded, plus a
                zip of zeros (16 x 60 MB of zeros, ~1 MB zipped) and a zip of good photos
 
 Uses ViT-B-32 with random weights (no download) and its own data folder:
@@ -43,8 +43,8 @@ get_embedder().embed_images([Image.new("RGB", (640, 480))] * 32)
 """
 RUN_JOB = """
 import sys, uuid, django; django.setup()
-from catalog.ingest import runner
-print(runner.run_job(uuid.UUID(sys.argv[1])))
+from catalog.jobs import tasks
+print(tasks.run_job(uuid.UUID(sys.argv[1])))
 """
 
 
@@ -74,7 +74,7 @@ def main() -> None:
     from django.core.files.uploadedfile import SimpleUploadedFile
     from django.core.management import call_command
 
-    from catalog.ingest import jobs
+    from catalog.jobs import requests as jobs
     from catalog.models import Image, ImportJob
     from tests import hostile
 

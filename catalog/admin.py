@@ -108,7 +108,7 @@ from django.utils.html import format_html_join  # noqa: E402
 
 from catalog.accounts.access import RETRY_PERMISSION  # noqa: E402
 from catalog.accounts.throttling import throttled_page  # noqa: E402
-from catalog.ingest import jobs as import_jobs  # noqa: E402
+from catalog.jobs import requests as import_jobs  # noqa: E402
 from catalog.models import ImportJob  # noqa: E402
 
 ADMIN_ERRORS_SHOWN = 200
@@ -126,8 +126,8 @@ class ImportJobAdmin(admin.ModelAdmin):
     search_fields = ["=id", "city", "group_key"]
     date_hierarchy = "created_at"
     readonly_fields = ["id", "state", "page_link", "progress", "total", "added", "duplicates", "failed", "error",
-                       "item_errors", "city", "group_key", "created_via", "created_by", "attempts", "lease_owner",
-                       "lease_expires_at", "created_at", "started_at", "finished_at"]
+                       "item_errors", "city", "group_key", "created_via", "created_by", "attempts", "created_at",
+                       "started_at", "finished_at"]
     fields = readonly_fields
     actions = ["retry"]
 

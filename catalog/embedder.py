@@ -2,12 +2,15 @@
 embeds images and text queries into one L2-normalised vector space.
 
 torch and open_clip are imported only when the first embedding is asked for,
-so management commands and web requests that never embed stay fast.
+so management commands and web requests that never embed stay fast. On CPU the
+image tower runs on ONNX Runtime, exported from the loaded open_clip model
+(CLIP_RUNTIME, catalog.model_runtime); text always runs on open_clip's torch model.
 """
 
 from __future__ import annotations
 
 import logging
+import tempfile
 import threading
 from collections.abc import Sequence
 from dataclasses import dataclass
@@ -16,12 +19,15 @@ from typing import TYPE_CHECKING
 
 import numpy as np
 
+from catalog.model_runtime import onnx_image_tower, resolve_runtime
+
 if TYPE_CHECKING:
     from PIL.Image import Image as PILImage
 
 logger = logging.getLogger(__name__)
 
 RANDOM_INIT_SEED = 0
+_DEFAULT_CACHE_DIR = Path(tempfile.gettempdir()) / "imagesearch-models"  # configs built without settings
 
 
 class EmbedderUnavailable(RuntimeError):
@@ -36,6 +42,8 @@ class EmbedderConfig:
     device: str
     batch_size: int
     random_init: bool = False
+    runtime: str = "torch"  # image tower: torch, onnx or auto (catalog.model_runtime)
+    cache_dir: Path | None = None  # where an exported ONNX image tower is kept
 
     @classmethod
     def from_settings(cls) -> "EmbedderConfig":
@@ -43,7 +51,8 @@ class EmbedderConfig:
 
         return cls(model=settings.CLIP_MODEL, pretrained=settings.CLIP_PRETRAINED,
                    weights_file=settings.CLIP_WEIGHTS_FILE, device=settings.CLIP_DEVICE,
-                   batch_size=settings.CLIP_BATCH_SIZE, random_init=settings.CLIP_RANDOM_INIT)
+                   batch_size=settings.CLIP_BATCH_SIZE, random_init=settings.CLIP_RANDOM_INIT,
+                   runtime=settings.CLIP_RUNTIME, cache_dir=settings.DATA_DIR / "models")
 
     @property
     def space_name(self) -> str:
@@ -72,13 +81,12 @@ class ClipEmbedder:
         return self
 
     def _load(self) -> None:
-        from imagesearch.torch_compat import import_torchvision
-
-        import_torchvision()
-        import open_clip
-        import torch
+        from imagesearch.torch_compat import import_open_clip
 
         config = self.config
+        open_clip = import_open_clip(config.model)
+        import torch
+
         if config.model not in open_clip.list_models():
             raise EmbedderUnavailable(
                 f"CLIP_MODEL={config.model!r} is not an open_clip architecture "
@@ -92,7 +100,6 @@ class ClipEmbedder:
         if config.random_init:
             logger.warning("CLIP_RANDOM_INIT is on: %s uses RANDOM weights. Search results are "
                            "meaningless. This mode exists for tests only.", config.model)
-            torch.manual_seed(RANDOM_INIT_SEED)  # same random weights in every process
             pretrained = None
         elif config.weights_file is not None:
             if not config.weights_file.is_file():
@@ -109,9 +116,15 @@ class ClipEmbedder:
                     f"(known: {', '.join(open_clip.list_pretrained_tags_by_model(config.model)) or 'none'}).")
             pretrained = config.pretrained
 
-        try:
+        def build():
+            if config.random_init:
+                torch.manual_seed(RANDOM_INIT_SEED)  # same random weights in every process
             model, _, preprocess = open_clip.create_model_and_transforms(
                 config.model, pretrained=pretrained, device=device)
+            return model.eval(), preprocess
+
+        try:
+            model, preprocess = build()
             tokenizer = open_clip.get_tokenizer(config.model)
         except Exception as error:  # network, hub, file format: all end in one actionable line
             reason = str(error).strip().splitlines()[0][:300] if str(error).strip() else type(error).__name__
@@ -121,7 +134,6 @@ class ClipEmbedder:
                 f"local open_clip weights file (and HF_HUB_OFFLINE=1 with a pre-filled Hugging Face cache "
                 f"for models with a Hugging Face text tower).") from error
 
-        model.eval()
         self._torch = torch
         self._model = model
         self._preprocess = preprocess
@@ -134,7 +146,19 @@ class ClipEmbedder:
         cfg = open_clip.get_model_preprocess_cfg(model) if hasattr(open_clip, "get_model_preprocess_cfg") else {}
         self._resize_mode = cfg.get("resize_mode", "shortest")
         self._resample = _RESAMPLE.get(cfg.get("interpolation", "bicubic"), "BICUBIC")
-        logger.info("CLIP model %s loaded on %s (%d-d)", self.config.space_name, device, self.dimensions)
+        self._onnx_tower = None
+        if resolve_runtime(config.runtime, device=device) == "onnx":
+            # ONNX Runtime loads its own copy of the weights: torch's is freed first (~350 MB for
+            # B-32) so the two never coexist, and rebuilt if the ONNX tower then fails to load.
+            self._onnx_tower = onnx_image_tower(visual=model.visual, model_name=config.model,
+                                                input_size=self.input_size,
+                                                cache_dir=config.cache_dir or _DEFAULT_CACHE_DIR,
+                                                release=lambda: model.visual.to("meta"))
+            if self._onnx_tower is None and next(model.visual.parameters()).is_meta:
+                self._model = model = build()[0]
+        self.runtime = "onnx" if self._onnx_tower is not None else "torch"
+        logger.info("CLIP model %s loaded on %s (%d-d, image tower on %s)", self.config.space_name, device,
+                    self.dimensions, self.runtime)
 
     def _probe_dimensions(self) -> int:
         with self._torch.inference_mode():
@@ -175,9 +199,26 @@ class ClipEmbedder:
         box = (left / sx, top / sy, (left + size) / sx, (top + size) / sy)
         return image.resize((size, size), getattr(Image.Resampling, self._resample), box=box)
 
+    def pixel_fit(self) -> tuple[int, str, str, str]:
+        """(input size, open_clip resize mode, resample filter, device): what the ingestion decode
+        processes need to cut the model input without torch (catalog.imaging.fit_model_input)."""
+        self.load()
+        return self.input_size, self._resize_mode, self._resample, self._device
+
+    def tensor_from_pixels(self, pixels: np.ndarray):
+        """The model input from uint8 HxWx3 pixels cut by catalog.imaging.fit_model_input: open_clip's
+        own preprocess of that image (its resize and crop are then no-ops)."""
+        from PIL import Image
+
+        self.load()
+        return self._preprocess(Image.fromarray(pixels, "RGB"))
+
     def embed_prepared(self, tensors: Sequence) -> np.ndarray:
         """Embed already-prepared image tensors, in batches of CLIP_BATCH_SIZE."""
         self.load()
+        if self._onnx_tower is not None:
+            return self._in_batches(tensors, lambda batch: self._torch.from_numpy(
+                self._onnx_tower(self._torch.stack(list(batch)).numpy())))
         return self._in_batches(tensors, lambda batch: self._model.encode_image(
             self._torch.stack(list(batch)).to(self._device)))
 

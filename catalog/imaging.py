@@ -31,7 +31,9 @@ __all__ = [
     "ImageMetadata",
     "ImageRejected",
     "decode_image",
+    "fit_model_input",
     "make_thumbnail",
+    "read_header",
 ]
 
 # Whitelist what Image.open may try: avoids exotic plugins (EPS runs
@@ -145,6 +147,64 @@ def make_thumbnail(image: Image.Image, *, max_side: int = 320, quality: int = 82
     buf = io.BytesIO()
     im.save(buf, "JPEG", quality=quality, optimize=True)
     return buf.getvalue()
+
+
+def fit_model_input(image: Image.Image, *, size: int, resize_mode: str = "shortest",
+                    resample: str = "BICUBIC") -> Image.Image:
+    """The model's centre crop, cut from ``image`` and resized in one step (open_clip's "shortest"
+    preprocessing: shorter side to ``size``, then a centre crop; other modes are left to it).
+
+    Resizing only the source box that the crop keeps gives the same pixels (same scale and filter)
+    as resizing the whole image first, which for a 20000x1 image would make a 4,480,000x224
+    intermediate (GBs). The same arithmetic as ClipEmbedder._fit_input, without torch, so that
+    decode processes can run it."""
+    if resize_mode != "shortest":
+        return image
+    w, h = image.size
+    if (w, h) == (size, size):
+        return image
+    # torchvision Resize(size) + CenterCrop(size), in the resized image's coordinates.
+    short, long = (w, h) if w <= h else (h, w)
+    new_long = int(size * long / short)
+    new_w, new_h = (size, new_long) if w <= h else (new_long, size)
+    left, top = int(round((new_w - size) / 2.0)), int(round((new_h - size) / 2.0))
+    sx, sy = new_w / w, new_h / h
+    box = (left / sx, top / sy, (left + size) / sx, (top + size) / sy)
+    return image.resize((size, size), getattr(Image.Resampling, resample), box=box)
+
+
+def read_header(
+    source: bytes | str | os.PathLike, *, max_pixels: int, max_aspect_ratio: float | None = None
+) -> tuple[ImageMetadata, Image.Transpose | None]:
+    """Metadata, and the transpose that EXIF orientation asks for, from the header alone (no pixel
+    is decoded): for decoders other than Pillow's (the GPU's). Same checks as ``decode_image``."""
+    fp, _ = _open_source(source)
+    try:
+        try:
+            img = Image.open(fp, formats=SUPPORTED_FORMATS)
+        except UnidentifiedImageError:
+            raise ImageRejected("not an image (unrecognised format)") from None
+        except Exception:
+            raise ImageRejected("truncated or corrupt image") from None
+        with img:
+            width, height = img.size
+            if width <= 0 or height <= 0:
+                raise ImageRejected("truncated or corrupt image")
+            if width * height > max_pixels:
+                raise ImageRejected(f"image too large: {width * height} pixels (limit {max_pixels})")
+            if max_aspect_ratio is not None and max(width, height) > max_aspect_ratio * min(width, height):
+                raise ImageRejected(f"aspect ratio {width}:{height} exceeds limit {max_aspect_ratio:g}")
+            fmt = "JPEG" if img.format == "MPO" else (img.format or "UNKNOWN")
+            exif = _safe_exif(img)
+    finally:
+        fp.close()
+    orientation = exif.get(_TAG_ORIENTATION) if exif is not None else None
+    transpose = _TRANSPOSE.get(orientation) if isinstance(orientation, int) else None
+    if transpose is not None and orientation >= 5:
+        width, height = height, width
+    latitude, longitude = _gps(exif)
+    return ImageMetadata(width=width, height=height, format=fmt, taken_at=_taken_at(exif), latitude=latitude,
+                         longitude=longitude), transpose
 
 
 # --------------------------------------------------------------------------

@@ -155,6 +155,8 @@ class Image(models.Model):
         self.save(update_fields=["status", "status_reason"])
 
 
+# The image columns an embedding carries for filtering (see Embedding).
+FILTER_COLUMNS = ("city", "width", "height", "taken_at", "orientation")
 _l2_norm = models.Func(models.F("vector"), function="l2_norm", output_field=models.FloatField())
 
 
@@ -202,9 +204,12 @@ class Embedding(models.Model):
             models.CheckConstraint(
                 condition=Q(GreaterThan(_l2_norm, 0.99), LessThan(_l2_norm, 1.01)), name="embedding_unit_vector"),
         ]
-        # What a filtered search counts and scans (catalog/vector_search.py), one space at a time.
-        indexes = [models.Index(fields=["space", name], name=f"embedding_space_{name}")
-                   for name in ("city", "width", "height", "taken_at", "orientation")]
+        # What a filtered search counts (catalog/vector_search.py), one space at a time. Each index
+        # carries the other filter columns, so a count of several filters reads the index only: a
+        # correlated pair (min_width + max_height) otherwise visits every row one bound matches.
+        indexes = [models.Index(fields=["space", name], name=f"embedding_space_{name}",
+                                include=["image", *(other for other in FILTER_COLUMNS if other != name)])
+                   for name in FILTER_COLUMNS]
 
     def __str__(self) -> str:
         return f"{self.image_id} in {self.space_id}"
@@ -248,10 +253,8 @@ class ImportJob(models.Model):
     failed = models.PositiveIntegerField(default=0)
     error = models.TextField(blank=True, help_text="Why the job as a whole failed.")
     attempts = models.PositiveSmallIntegerField(default=0, help_text=(
-        "Claims in a row that made no progress (crashes, errors); the job fails after IMPORT_MAX_ATTEMPTS."))
-    # The worker holding the job renews its lease while it works; an expired lease means it died.
-    lease_owner = models.CharField(max_length=64, blank=True)
-    lease_expires_at = models.DateTimeField(null=True, blank=True)
+        "Failed tries in a row (crashes, errors) since a chunk was last worked through; "
+        "the job fails after IMPORT_MAX_ATTEMPTS."))
     created_at = models.DateTimeField(auto_now_add=True, db_index=True)
     started_at = models.DateTimeField(null=True, blank=True)
     finished_at = models.DateTimeField(null=True, blank=True)
@@ -337,13 +340,19 @@ class ImportItem(models.Model):
     state = models.CharField(max_length=16, choices=State.choices, default=State.PENDING)
     error = models.TextField(blank=True)
     image = models.ForeignKey(Image, on_delete=models.SET_NULL, null=True, blank=True, related_name="+")
+    # The worker that claimed the item (kept once it is recorded: who did it) and until when its
+    # claim holds unless renewed; a pending item whose claim ran out is claimable again.
+    claimed_by = models.CharField(max_length=64, blank=True)
+    claimed_until = models.DateTimeField(null=True, blank=True)
     updated_at = models.DateTimeField(auto_now=True)
 
     objects = ImportItemQuerySet.as_manager()
 
     class Meta:
         ordering = ["id"]
-        indexes = [models.Index(fields=["job", "state"], name="import_item_job_state")]
+        indexes = [models.Index(fields=["job", "state"], name="import_item_job_state"),
+                   # Workers claim a job's pending items in id order.
+                   models.Index(fields=["job", "id"], condition=Q(state="pending"), name="import_item_pending")]
         constraints = [
             models.CheckConstraint(condition=~Q(state="failed") | ~Q(error=""), name="import_item_failure_has_reason"),
             models.UniqueConstraint(fields=["parent", "member_index"], name="one_item_per_archive_member"),

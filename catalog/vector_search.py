@@ -60,7 +60,7 @@ EF_SEARCH_UNFILTERED = 400  # 1,000,000 clustered images: recall@10 0.954 at 200
 EF_SEARCH_FILTERED = 400  # at selectivity 1; grows as the filter narrows, up to EF_SEARCH_MAX
 EF_SEARCH_MAX = 1_000
 MAX_SCAN_TUPLES = 20_000  # pgvector's default, set explicitly so the ranking does not depend on the server
-MAX_DEPTH = 500           # rows of one ranking a page may reach (offset + limit): recall stays >= 0.95
+MAX_DEPTH = 300           # rows of one ranking a page may reach (offset + limit); at 500 a graph walk kept 0.93-0.95
 PARALLEL_MIN_ROWS = 15_000  # an exact scan this large is worth two workers' start-up
 SPACE_SIZE_TTL = 60.0     # seconds a process trusts its estimate of a space's size
 

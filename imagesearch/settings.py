@@ -168,6 +168,10 @@ CLIP_MODEL = env.str("CLIP_MODEL", "xlm-roberta-base-ViT-B-32")
 CLIP_PRETRAINED = env.str("CLIP_PRETRAINED", "laion5b_s13b_b90k")
 CLIP_WEIGHTS_FILE = env.path("CLIP_WEIGHTS_FILE", None)
 CLIP_DEVICE = env.choice("CLIP_DEVICE", "cpu", ("cpu", "cuda", "auto"))
+# Image tower runtime: auto = ONNX Runtime on CPU (exported once from the open_clip model, cached in
+# DATA_DIR/models; torch if that fails), torch on CUDA. bench/model_runtime.py has the figures.
+# torch until a quiet bench shows ONNX Runtime faster here (bench/model_runtime.py, bench/README.md).
+CLIP_RUNTIME = env.choice("CLIP_RUNTIME", "torch", ("auto", "torch", "onnx"))
 CLIP_BATCH_SIZE = env.int("CLIP_BATCH_SIZE", 32, minimum=1, maximum=4096)
 # Random weights: for tests only. The embedder logs a loud warning when on.
 CLIP_RANDOM_INIT = env.bool("CLIP_RANDOM_INIT", False)
@@ -180,14 +184,17 @@ IMAGE_MAX_PIXELS = env.int("IMAGESEARCH_MAX_PIXELS", 100_000_000, minimum=1)
 # 20:1 the model's centre square shows under 5% of the picture, so its vector says little.
 IMAGE_MAX_ASPECT_RATIO = env.float("IMAGESEARCH_MAX_ASPECT_RATIO", 20.0, minimum=1.0)
 THUMBNAIL_MAX_SIDE = env.int("IMAGESEARCH_THUMBNAIL_SIZE", 320, minimum=16, maximum=2048)
-# Threads that read, decode and resize while the model embeds the previous batch.
-INGEST_DECODE_WORKERS = env.int("IMAGESEARCH_DECODE_WORKERS", 2, minimum=1, maximum=64)
+# Processes that decode and resize while the model embeds the previous batch; 0: sized to the
+# machine (catalog.ingest.decoding.default_workers).
+INGEST_DECODE_WORKERS = env.int("IMAGESEARCH_DECODE_WORKERS", 0, minimum=0, maximum=256)
 # Import jobs (uploads, URLs, archives) run in the background worker (manage.py db_worker).
 IMPORT_MAX_UPLOAD_BYTES = env.int("IMAGESEARCH_MAX_UPLOAD_BYTES", 2 * 1024**3, minimum=1)
 IMPORT_MAX_URLS = env.int("IMAGESEARCH_IMPORT_MAX_URLS", 1000, minimum=1)
-# A worker renews its claim on a job every third of this; a job whose worker died is
+# A worker renews its claims on a job's items every third of this; items whose worker died are
 # taken over by the next worker once the lease has run out.
 IMPORT_LEASE_SECONDS = env.int("IMAGESEARCH_IMPORT_LEASE_SECONDS", 60, minimum=2)
+# Items a worker claims at a time; any number of workers share one job this way.
+IMPORT_CHUNK_SIZE = env.int("IMAGESEARCH_IMPORT_CHUNK_SIZE", 64, minimum=1, maximum=10_000)
 IMPORT_MAX_ATTEMPTS = env.int("IMAGESEARCH_IMPORT_MAX_ATTEMPTS", 5, minimum=1)
 # A job task works this long, then queues its continuation: a worker told to stop, and
 # other imports, never wait longer than this for a big import.

@@ -9,7 +9,8 @@ from django.contrib.auth.models import User
 from django.core.files.uploadedfile import SimpleUploadedFile
 from django.test import Client
 
-from catalog.ingest import jobs, runner
+from catalog.jobs import requests as jobs
+from catalog.jobs import tasks
 from catalog.models import Image, ImportJob
 from tests.conftest import ingest_in_cities, make_user, varied_picture
 
@@ -197,7 +198,7 @@ def test_every_entry_point_records_who_added_the_job_and_its_images(writer_clien
     assert {via: job.created_by for via, job in by_via.items()} == {
         ImportJob.Via.API: writer, ImportJob.Via.PAGE: writer, ImportJob.Via.ADMIN: admin_user}
     for job in by_via.values():
-        assert runner.run_job(job.pk) == "done"
+        assert tasks.run_job(job.pk) == "done"
     assert dict(Image.objects.values_list("original_name", "added_by__username")) == {
         "api.png": "writer", "page.png": "writer", "admin.png": admin_user.username}
     listing = admin_client.get("/admin/catalog/image/").content.decode()

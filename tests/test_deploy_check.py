@@ -42,7 +42,7 @@ def test_production_refuses_debug(tmp_path):
 
 @pytest.mark.django_db
 def test_pages_send_a_content_security_policy_with_a_nonce_for_inline_scripts(client):
-    from catalog.ingest import jobs
+    from catalog.jobs import requests as jobs
     from catalog.models import ImportJob
 
     from tests.conftest import make_user

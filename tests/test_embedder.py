@@ -108,8 +108,11 @@ def test_local_weights_file_is_loaded(tmp_path):
     import torch
 
     weights = tmp_path / "open_clip_model.bin"
-    torch.save(get_embedder()._model.state_dict(), weights)
-    from_file = ClipEmbedder(clip_config(weights_file=weights))
+    random_init = ClipEmbedder(clip_config(random_init=True, runtime="torch")).load()
+    torch.save(random_init._model.state_dict(), weights)
+    from_file = ClipEmbedder(clip_config(weights_file=weights, runtime="torch"))
     assert from_file.space_name == "ViT-S-32/file:open_clip_model.bin"
     np.testing.assert_allclose(from_file.embed_text("a lighthouse"), get_embedder().embed_text("a lighthouse"),
                                atol=1e-5)
+    pictures = _pictures()
+    np.testing.assert_allclose(from_file.embed_images(pictures), random_init.embed_images(pictures), atol=1e-5)

@@ -16,7 +16,8 @@ import pytest
 from django.core.files.uploadedfile import SimpleUploadedFile
 
 from catalog.embedder import get_embedder
-from catalog.ingest import jobs, runner
+from catalog.jobs import requests as jobs
+from catalog.jobs import tasks
 from catalog.models import Image, ImportItem, ImportJob
 from tests.conftest import varied_picture
 from tests.serving import serve_stack
@@ -59,12 +60,12 @@ def test_dripping_url_fails_at_the_fetch_deadline_and_the_next_job_runs(settings
 
     get_embedder()  # loaded before the clock starts: only the fetch is timed
     start = time.monotonic()
-    assert runner.run_job(slow.pk) == "done"
+    assert tasks.run_job(slow.pk) == "done"
     assert time.monotonic() - start < 2.5  # it used to hold the worker for minutes
     error = ImportItem.objects.get(job=slow).error
     assert error.startswith("timed out fetching from '127.0.0.1': no complete response within the total time limit of 1 s")
 
-    assert runner.run_job(other.pk) == "done"  # one worker: the unrelated job was behind it
+    assert tasks.run_job(other.pk) == "done"  # one worker: the unrelated job was behind it
     other.refresh_from_db()
     assert (other.added, other.failed) == (1, 0)
     assert Image.objects.filter(original_name="other.png").count() == 1

@@ -15,7 +15,7 @@ from pathlib import Path
 import pytest
 
 from catalog.accounts.tokens import create_token
-from catalog.ingest import runner
+from catalog.jobs import tasks
 from tests.conftest import ingest_in_cities, make_image_bytes
 
 VENV_BIN = Path(sys.executable).parent
@@ -61,7 +61,7 @@ def test_a_generated_client_searches_uploads_and_polls(generated, live_server, w
     assert isinstance(job, models.ImportJob), job
     assert job.state.value == "queued" and job.counts.total == 1
 
-    runner.run_job(job.id)  # what the worker does
+    tasks.run_job(job.id)  # what the worker does
     poll = generated("api.imports.imports_retrieve").sync(client=client, id=job.id)
     assert poll.state.value == "done" and poll.counts.added == 1 and poll.errors == []
 

@@ -24,12 +24,14 @@ from django.db import connection
 from PIL import Image as PILImage
 
 from catalog.imaging import ImageRejected, decode_image
-from catalog.ingest import jobs, pipeline, runner
+from catalog.ingest import decoding
 from catalog.ingest.archives import ArchiveLimits, iter_archive
 from catalog.ingest.names import safe_text
 from catalog.ingest.pipeline import IngestItem, IngestOptions, ingest_items
+from catalog.jobs import requests as jobs
+from catalog.jobs import tasks
 from catalog.models import Embedding, Image, ImportItem, ImportJob
-from tests import hostile
+from tests import decode_faults, hostile
 from tests.conftest import import_folder
 
 REPO = Path(__file__).resolve().parent.parent
@@ -127,7 +129,7 @@ def test_zip_names_in_utf8_without_the_flag_are_read_as_utf8():
 @pytest.mark.parametrize("archive", [latin1_zip, latin1_tar], ids=["zip", "tar"])
 def test_import_job_with_non_utf8_member_names_stores_every_member(archive):
     job = jobs.create_job(files=[SimpleUploadedFile("old.bin", archive())], via=ImportJob.Via.API)
-    assert runner.run_job(job.pk) == "done"
+    assert tasks.run_job(job.pk) == "done"
     job.refresh_from_db()
     assert (job.total, job.added, job.failed) == (2, 2, 0)
     names = set(Image.objects.values_list("original_name", flat=True))
@@ -144,7 +146,7 @@ def test_zip_member_with_a_nul_in_its_name_is_a_counted_failure():
         zf.writestr("a/ZZZnul.png", hostile.photo(9))
     data = buffer.getvalue().replace(b"a/ZZZnul.png", b"a/\x00\x00\x00nul.png")
     job = jobs.create_job(files=[SimpleUploadedFile("five.zip", data)], via=ImportJob.Via.API)
-    assert runner.run_job(job.pk) == "done"
+    assert tasks.run_job(job.pk) == "done"
     job.refresh_from_db()
     assert (job.total, job.added, job.failed) == (5, 4, 1)
     failed = job.items.get(state=ImportItem.State.FAILED)
@@ -157,14 +159,14 @@ def test_zip_member_with_a_nul_in_its_name_is_a_counted_failure():
 
 @pytest.mark.django_db
 def test_failure_storing_one_item_fails_only_that_item_and_leaves_no_orphans(monkeypatch, media_root):
-    real_create = Image.objects.create
+    real_bulk_create = Image.objects.bulk_create
 
-    def create(**fields):
-        if fields["original_name"] == "cursed.jpg":
+    def bulk_create(rows, **kwargs):  # the batch fails, then its items are stored one by one
+        if any(row.original_name == "cursed.jpg" for row in rows):
             raise RuntimeError("disk on fire")
-        return real_create(**fields)
+        return real_bulk_create(rows, **kwargs)
 
-    monkeypatch.setattr(Image.objects, "create", create)
+    monkeypatch.setattr(Image.objects, "bulk_create", bulk_create)
     report = ingest([("a.jpg", hostile.photo(1)), ("cursed.jpg", hostile.photo(2)), ("b.jpg", hostile.photo(3))])
 
     assert [o.status for o in report.outcomes] == ["added", "failed", "added"]
@@ -301,16 +303,9 @@ def test_model_input_of_extreme_shapes_is_made_without_a_huge_intermediate(embed
 
 
 @pytest.mark.django_db
-def test_memory_error_while_preparing_one_item_is_that_items_error(monkeypatch, embedder):
-    real = type(embedder).prepare_image
-
-    def prepare(self, image):
-        if image.size == (97, 61):
-            raise MemoryError
-        return real(self, image)
-
-    monkeypatch.setattr(type(embedder), "prepare_image", prepare)
-    report = ingest([("a.jpg", hostile.photo(1)), ("big.jpg", hostile.photo(2, size=(97, 61))),
+def test_memory_error_while_preparing_one_item_is_that_items_error(monkeypatch):
+    monkeypatch.setattr(decoding, "decode", decode_faults.memory_error_on_mark)  # runs in the decode processes
+    report = ingest([("a.jpg", hostile.photo(1)), ("big.jpg", hostile.photo(2) + decode_faults.MARK),
                      ("b.jpg", hostile.photo(3))])
     assert [o.status for o in report.outcomes] == ["added", "failed", "added"]
     assert report.outcomes[1].reason == "could not be processed: MemoryError"
@@ -409,8 +404,8 @@ def test_reimport_does_not_decode_what_is_stored(tmp_path, monkeypatch):
         (tmp_path / f"{index}.jpg").write_bytes(hostile.photo(index))
     (tmp_path / "copy.jpg").write_bytes(hostile.photo(0))
     decoded = []
-    real = pipeline.decode_image
-    monkeypatch.setattr(pipeline, "decode_image", lambda *a, **k: decoded.append(1) or real(*a, **k))
+    real = decoding.DecodePool.submit
+    monkeypatch.setattr(decoding.DecodePool, "submit", lambda *a, **k: decoded.append(1) or real(*a, **k))
 
     out, _, _ = import_folder(tmp_path)
     assert "Added 3, skipped 1 duplicate(s), failed 0." in out and len(decoded) == 3  # the copy: hashed only

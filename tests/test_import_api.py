@@ -15,7 +15,7 @@ from django.core.management import call_command
 from django_tasks_db.models import DBTaskResult
 from PIL import Image as PILImage
 
-from catalog.ingest import runner
+from catalog.jobs import tasks
 from catalog.models import Image, ImportItem, ImportJob
 
 pytestmark = pytest.mark.django_db
@@ -178,7 +178,7 @@ def test_job_detail_reports_counts_and_per_item_errors(client):
     response = client.post("/api/imports/", {"file": [SimpleUploadedFile("good.jpg", picture(1)),
                                                       SimpleUploadedFile("bad.jpg", b"plain text, not pixels")]})
     job_id = response.json()["id"]
-    assert runner.run_job(uuid.UUID(job_id)) == "done"
+    assert tasks.run_job(uuid.UUID(job_id)) == "done"
     body = client.get(f"/api/imports/{job_id}/").json()
     assert body["state"] == "done" and body["percent"] == 100 and body["finished_at"]
     assert body["counts"] == {"total": 2, "done": 2, "added": 1, "duplicates": 0, "failed": 1}
@@ -261,7 +261,7 @@ def test_finished_job_page_shows_problems_and_stops_refreshing(client):
     client.post("/imports/", {"files": [SimpleUploadedFile("good.jpg", picture(1)),
                                         SimpleUploadedFile("zero.jpg", b"")]})
     job = ImportJob.objects.get()
-    runner.run_job(job.pk)
+    tasks.run_job(job.pk)
     page = client.get(f"/imports/{job.pk}/").content.decode()
     assert "refresh" not in page and "zero.jpg" in page and "empty file" in page
     assert "1</span> added" in page
@@ -284,7 +284,7 @@ def test_admin_lists_jobs_and_uploads_start_one(admin_client):
     job = ImportJob.objects.get()
     assert response.status_code == 302 and response["Location"] == f"/admin/catalog/importjob/{job.pk}/change/"
     assert job.created_via == ImportJob.Via.ADMIN and job.group_key == "g-1"
-    runner.run_job(job.pk)
+    tasks.run_job(job.pk)
     change = admin_client.get(response["Location"]).content.decode()
     assert "bad.jpg" in change and "not an image (unrecognised format)" in change
     listing = admin_client.get("/admin/catalog/importjob/").content.decode()

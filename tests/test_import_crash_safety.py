@@ -3,7 +3,7 @@ completes, every image is stored exactly once, and no file or row is left half-w
 
 The workers are real ``manage.py db_worker`` processes on the test database. Nothing but
 starting them again is done between the two: the job's queued watch task (see
-catalog.ingest.runner) brings the job back once the dead worker's lease runs out."""
+catalog.jobs.worker) brings the job back once the dead worker's claims run out."""
 
 from __future__ import annotations
 
@@ -24,13 +24,14 @@ from django.core.files.uploadedfile import SimpleUploadedFile
 from django.db import connection
 from PIL import Image as PILImage
 
-from catalog.ingest import jobs
+from catalog.jobs import requests as jobs
 from catalog.models import Embedding, Image, ImportItem, ImportJob
 
 REPO = Path(__file__).resolve().parent.parent
 COUNT = 1000
 LEASE_SECONDS = 2
 SLICE_SECONDS = 4  # the job also goes through several slices (continuations) on the way
+CHUNK_SIZE = 25
 
 
 def distinct_picture(index: int) -> bytes:
@@ -58,7 +59,8 @@ def worker_settings(tmp_path) -> dict:
         f"DATABASES['default']['NAME'] = {connection.settings_dict['NAME']!r}\n"
         f"MEDIA_ROOT = {str(settings.MEDIA_ROOT)!r}\n"
         f"IMPORT_LEASE_SECONDS = {LEASE_SECONDS}\n"
-        f"IMPORT_SLICE_SECONDS = {SLICE_SECONDS}\n")
+        f"IMPORT_SLICE_SECONDS = {SLICE_SECONDS}\n"
+        f"IMPORT_CHUNK_SIZE = {CHUNK_SIZE}\n")
     env = dict(os.environ, DJANGO_SETTINGS_MODULE="crash_worker_settings",
                PYTHONPATH=os.pathsep.join([str(tmp_path), str(REPO), os.environ.get("PYTHONPATH", "")]))
     return env
@@ -97,8 +99,9 @@ def test_worker_killed_mid_job_resumes_and_stores_every_image_exactly_once(worke
 
     first = start_worker(worker_settings, log)
     try:
-        # Kill while a worker holds the job (mid-slice), not in the moment between two slices.
-        wait_for(lambda: ImportJob.objects.filter(pk=job.pk, added__gte=150).exclude(lease_owner="").exists(),
+        # Kill while the worker holds a chunk, not in the moment between two slices.
+        wait_for(lambda: ImportJob.objects.filter(pk=job.pk, added__gte=150).exists()
+                 and job.items.pending().exclude(claimed_by="").exists(),
                  timeout=120, what="the first worker to store 150 images", worker=first, log=log)
         first.send_signal(signal.SIGKILL)
         first.wait(timeout=10)
@@ -107,7 +110,7 @@ def test_worker_killed_mid_job_resumes_and_stores_every_image_exactly_once(worke
             first.kill()
 
     job.refresh_from_db()
-    assert job.state == ImportJob.State.RUNNING  # nobody marked it: its lease (if any) is left to run out
+    assert job.state == ImportJob.State.RUNNING  # nobody marked it: its claims are left to run out
     assert 150 <= job.added < COUNT, "the worker finished before it could be killed"
     # What was committed is whole: each stored image has its vector and its item says so.
     assert Image.objects.count() == job.added == Embedding.objects.count()
@@ -126,7 +129,7 @@ def test_worker_killed_mid_job_resumes_and_stores_every_image_exactly_once(worke
 
     job.refresh_from_db()
     assert (job.total, job.added, job.duplicates, job.failed) == (COUNT, COUNT, 0, 0)
-    assert not job.lease_owner and job.finished_at
+    assert job.finished_at
     members = job.items.filter(kind=ImportItem.Kind.MEMBER)
     assert members.count() == COUNT
     assert set(members.values_list("state", flat=True)) == {ImportItem.State.ADDED}

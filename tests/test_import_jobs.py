@@ -1,5 +1,5 @@
 """Import jobs end to end in-process: create a job as the API/page would, run it as the worker
-would (catalog.ingest.runner.run_job), and check what was stored and what each item says.
+would (catalog.jobs.tasks.run_job), and check what was stored and what each item says.
 
 Every kind of bad input is checked at the job level: the bad item is recorded with its message
 and the good ones are stored. URL tests only ever talk to a local server on 127.0.0.1; the
@@ -29,7 +29,9 @@ from PIL import ExifTags
 from PIL import Image as PILImage
 
 from catalog.embedder import EmbedderUnavailable
-from catalog.ingest import jobs, runner
+from catalog.ingest.pipeline import ItemRejected
+from catalog.jobs import claims, tasks, worker
+from catalog.jobs import requests as jobs
 from catalog.models import Embedding, Image, ImportItem, ImportJob
 
 pytestmark = pytest.mark.django_db
@@ -63,7 +65,7 @@ def symlink_info(name: str) -> zipfile.ZipInfo:
 
 
 def run(job: ImportJob) -> ImportJob:
-    assert runner.run_job(job.pk) == "done"
+    assert tasks.run_job(job.pk) == "done"
     job.refresh_from_db()
     return job
 
@@ -113,7 +115,7 @@ def test_upload_job_stores_good_images_and_records_each_bad_one(settings, django
     with django_capture_on_commit_callbacks(execute=True):
         job = run(job)
 
-    assert job.state == ImportJob.State.DONE and job.finished_at is not None and not job.lease_owner
+    assert job.state == ImportJob.State.DONE and job.finished_at is not None
     assert_counts(job, total=7, added=3, failed=4)
     assert item_errors(job) == {
         "truncated.jpg": "truncated or corrupt image",
@@ -313,7 +315,7 @@ def stub_resolver(monkeypatch):
             raise socket.gaierror("stub: unknown host")
         return [(socket.AF_INET, socket.SOCK_STREAM, 6, "", (table[host], port))]
 
-    monkeypatch.setattr(runner, "resolver", resolve)
+    monkeypatch.setattr(worker, "resolver", resolve)
     return looked_up
 
 
@@ -374,7 +376,7 @@ def test_urls_to_private_loopback_link_local_and_metadata_addresses_are_refused(
 def test_interrupted_run_resumes_with_exact_counts(monkeypatch):
     job = jobs.create_job(files=[upload(f"{i}.jpg", picture(i)) for i in range(6)] + [upload("bad.jpg", b"nope")],
                           via=ImportJob.Via.API)
-    original = runner._Recorder.__call__
+    original = worker._Recorder.__call__
     calls = []
 
     def crash_on_third(self, outcome):
@@ -384,76 +386,163 @@ def test_interrupted_run_resumes_with_exact_counts(monkeypatch):
             raise KeyboardInterrupt("worker stopped")  # inside the store transaction of the 2nd image
         original(self, outcome)
 
-    monkeypatch.setattr(runner._Recorder, "__call__", crash_on_third)
+    monkeypatch.setattr(worker._Recorder, "__call__", crash_on_third)
     with pytest.raises(KeyboardInterrupt):
-        runner.run_job(job.pk)
-    monkeypatch.setattr(runner._Recorder, "__call__", original)
+        tasks.run_job(job.pk)
+    monkeypatch.setattr(worker._Recorder, "__call__", original)
     job.refresh_from_db()
-    assert job.state == ImportJob.State.RUNNING and not job.lease_owner  # released for a quick retry
-    assert (Image.objects.count(), job.added, job.failed) == (1, 1, 1)  # the 2nd image rolled back with its record
+    assert job.state == ImportJob.State.RUNNING and job.attempts == 1
+    assert not job.items.pending().exclude(claimed_by="").exists()  # released for a quick retry
+    # What was stored is recorded and vice versa: the interrupted image rolled back with its record
+    # (and with it whatever else its store transaction held).
+    assert job.failed == 1 and job.added < 6
+    assert Image.objects.count() == job.added == job.items.filter(state=ImportItem.State.ADDED).count()
 
     job = run(job)
     assert_counts(job, total=7, added=6, failed=1)
-    assert job.attempts == 2
+    assert job.attempts == 0  # the chunk was worked through
     assert Image.objects.count() == 6 == Embedding.objects.count()
     assert job.items.filter(state="added").values("image_id").distinct().count() == 6
 
 
-def test_job_of_a_dead_worker_is_taken_over_once_its_lease_ran_out():
+def test_items_of_a_dead_worker_are_taken_over_once_their_claims_ran_out():
     job = jobs.create_job(files=[upload("a.jpg", picture(1))], via=ImportJob.Via.API)
-    ImportJob.objects.filter(pk=job.pk).update(state=ImportJob.State.RUNNING, lease_owner="dead-worker",
-                                               lease_expires_at=dj_timezone.now() - dj_timezone.timedelta(seconds=1),
-                                               attempts=1)
+    job.items.update(claimed_by="dead-worker", claimed_until=dj_timezone.now() - dj_timezone.timedelta(seconds=1))
     job = run(job)
     assert_counts(job, total=1, added=1)
+    assert job.attempts == 0 and job.items.get().claimed_by != "dead-worker"
 
 
-def test_job_held_by_a_live_worker_is_looked_at_again_when_its_lease_ends(django_capture_on_commit_callbacks):
+def test_items_held_by_a_live_worker_are_looked_at_again_when_their_claims_end(django_capture_on_commit_callbacks):
     job = jobs.create_job(files=[upload("a.jpg", picture(1))], via=ImportJob.Via.API)
     expires = dj_timezone.now() + dj_timezone.timedelta(seconds=30)
-    ImportJob.objects.filter(pk=job.pk).update(state=ImportJob.State.RUNNING, lease_owner="live-worker",
-                                               lease_expires_at=expires)
+    job.items.update(claimed_by="live-worker", claimed_until=expires)
     with django_capture_on_commit_callbacks(execute=True):
-        assert runner.run_job(job.pk) == "busy"
-    job.refresh_from_db()
-    assert job.lease_owner == "live-worker" and job.items.get().state == ImportItem.State.PENDING
+        assert tasks.run_job(job.pk) == "busy"
+    item = job.items.get()
+    assert item.claimed_by == "live-worker" and item.state == ImportItem.State.PENDING
     watch = DBTaskResult.objects.get(args_kwargs__args=[str(job.pk)])
-    assert watch.status == "READY" and watch.run_after == expires + runner.WATCH_MARGIN
+    assert watch.status == "READY" and watch.run_after == expires + worker.WATCH_MARGIN
 
 
-def test_worker_that_lost_its_lease_stops_without_recording_or_storing(monkeypatch):
+def test_worker_that_lost_its_claims_stops_without_recording_or_storing(monkeypatch):
     job = jobs.create_job(files=[upload(f"{i}.jpg", picture(i)) for i in range(4)], via=ImportJob.Via.API)
-    original = runner._Recorder.__call__
+    original = worker._ingest_chunks
 
-    def taken_over_after_first(self, outcome):
-        original(self, outcome)
-        ImportJob.objects.filter(pk=job.pk).update(lease_owner="another-worker")
+    def taken_over_while_working(*args):
+        job.items.pending().update(claimed_by="another-worker")  # ours ran out while we were stalled
+        original(*args)
 
-    monkeypatch.setattr(runner._Recorder, "__call__", taken_over_after_first)
-    assert runner.run_job(job.pk) == "lost"
-    assert Image.objects.count() == 1
-    assert job.items.filter(state=ImportItem.State.PENDING).count() == 3
+    monkeypatch.setattr(worker, "_ingest_chunks", taken_over_while_working)
+    assert tasks.run_job(job.pk) == "lost"
+    assert not Image.objects.exists()
+    assert set(job.items.pending().values_list("claimed_by", flat=True)) == {"another-worker"}
+    assert job.items.pending().count() == 4
 
 
-def test_a_big_job_works_in_slices_and_queues_its_continuation(settings, django_capture_on_commit_callbacks):
-    settings.IMPORT_SLICE_SECONDS = 0  # every slice takes one item
+def test_workers_claim_disjoint_chunks_and_take_over_expired_ones(settings):
+    job = jobs.create_job(files=[upload(f"{i}.jpg", picture(i)) for i in range(5)], via=ImportJob.Via.API)
+    first = claims.claim_chunk(job.pk, "worker-a", size=2)
+    second = claims.claim_chunk(job.pk, "worker-b", size=2)
+    third = claims.claim_chunk(job.pk, "worker-c", size=2)
+    assert [c.outcome for c in (first, second, third)] == [claims.Claim.CLAIMED] * 3
+    ids = [[item.pk for item in c.items] for c in (first, second, third)]
+    assert [len(chunk) for chunk in ids] == [2, 2, 1]
+    assert sorted(pk for chunk in ids for pk in chunk) == sorted(job.items.values_list("pk", flat=True))
+    busy = claims.claim_chunk(job.pk, "worker-d", size=2)
+    assert busy.outcome is claims.Claim.BUSY and busy.retry_at == min(
+        job.items.values_list("claimed_until", flat=True))
+
+    ran_out = dj_timezone.now() - dj_timezone.timedelta(seconds=1)
+    job.items.filter(claimed_by__in=["worker-a", "worker-b"]).update(claimed_by="worker-a", claimed_until=ran_out)
+    taken = claims.claim_chunk(job.pk, "worker-d", size=2)
+    assert sorted(item.pk for item in taken.items) == sorted(ids[0])  # only what ran out
+    job.refresh_from_db()
+    assert job.attempts == 1  # a dead worker counts as one failed try, however many chunks it held
+    assert claims.claim_chunk(job.pk, "worker-e", size=2).items == [item for item in second.items]
+    job.refresh_from_db()
+    assert job.attempts == 1 and not job.items.filter(claimed_by="worker-a").exists()
+
+
+def test_an_archive_is_a_chunk_of_its_own_and_its_members_are_claimable_once_expanded(settings):
+    settings.IMPORT_CHUNK_SIZE = 2
+    data = zip_bytes([(f"{i}.png", picture(i, fmt="PNG")) for i in range(3)])
+    job = jobs.create_job(files=[upload("a.jpg", picture(10)), upload("set.zip", data)], via=ImportJob.Via.API)
+    chunk = claims.claim_chunk(job.pk, "expander", size=2)
+    assert [item.kind for item in chunk.items] == [ImportItem.Kind.ARCHIVE]
+    worker._expand_archive(job.pk, chunk.items[0], "expander")
+    job.refresh_from_db()
+    assert job.total == 4
+    members = claims.claim_chunk(job.pk, "other", size=2)
+    assert [item.kind for item in members.items] == [ImportItem.Kind.UPLOAD]  # one kind per chunk
+    members = claims.claim_chunk(job.pk, "other", size=2)
+    assert [item.member_index for item in members.items] == [0, 1]
+    claims.release(job.pk, "other")
+    job = run(job)
+    assert_counts(job, total=4, added=4)
+
+
+def test_a_workers_member_chunks_read_on_through_one_archive_pass(monkeypatch):
+    data = zip_bytes([(f"{i}.png", picture(i, fmt="PNG")) for i in range(5)])
+    job = jobs.create_job(files=[upload("set.zip", data)], via=ImportJob.Via.API)
+    archive = job.items.get()
+    worker._expand_archive(job.pk, claims.claim_chunk(job.pk, "w", size=1).items[0], "w")
+    members = {item.member_index: item for item in archive.members.all()}
+    passes = []
+    original = worker.iter_archive
+
+    def counted(*args, **kwargs):
+        passes.append(1)
+        return original(*args, **kwargs)
+
+    monkeypatch.setattr(worker, "iter_archive", counted)
+    cursor = worker._ArchiveCursor(archive)
+    try:
+        def names(indexes):
+            return [(i.name, i.read()) for i in cursor.members({n: members[n] for n in indexes})]
+
+        assert names([0, 1]) == [("0.png", picture(0, fmt="PNG")), ("1.png", picture(1, fmt="PNG"))]
+        assert names([3]) == [("3.png", picture(3, fmt="PNG"))] and len(passes) == 1  # read on
+        assert names([2]) == [("2.png", picture(2, fmt="PNG"))] and len(passes) == 2  # behind: a new pass
+        gone = ImportItem(pk=members[4].pk, name="9.png", member_index=9)
+        items = list(cursor.members({9: gone}))
+        with pytest.raises(ItemRejected, match="no longer in the archive"):
+            items[0].read()
+    finally:
+        cursor.close()
+
+
+def test_exactly_one_worker_finishes_a_job():
+    job = jobs.create_job(files=[upload("a.jpg", picture(1))], via=ImportJob.Via.API)
+    assert not claims.finish(job.pk)  # something is pending
+    job.items.update(state=ImportItem.State.FAILED, error="x")
+    assert [claims.finish(job.pk), claims.finish(job.pk)] == [True, False]
+    job.refresh_from_db()
+    assert job.state == ImportJob.State.DONE and job.failed == 1
+
+
+def test_a_big_job_works_in_slices_invites_other_workers_and_queues_its_continuation(
+        settings, django_capture_on_commit_callbacks):
+    settings.IMPORT_SLICE_SECONDS = 0  # every slice takes one chunk
+    settings.IMPORT_CHUNK_SIZE = 1
     job = jobs.create_job(files=[upload(f"{i}.jpg", picture(i)) for i in range(3)], via=ImportJob.Via.API)
     with django_capture_on_commit_callbacks(execute=True):
-        assert runner.run_job(job.pk) == "continued"
+        assert tasks.run_job(job.pk) == "continued"
     job.refresh_from_db()
-    assert (job.state, job.added, job.lease_owner, job.attempts) == (ImportJob.State.RUNNING, 1, "", 0)
-    # Runnable now, not a lease away.
-    assert DBTaskResult.objects.ready().filter(args_kwargs__args=[str(job.pk)]).exists()
-    assert runner.run_job(job.pk) == "continued"
+    assert (job.state, job.added, job.attempts) == (ImportJob.State.RUNNING, 1, 0)
+    # Runnable now, not a lease away: one task (another worker joins, or this one goes on), and a watch.
+    assert DBTaskResult.objects.ready().filter(args_kwargs__args=[str(job.pk)]).count() == 1
+    assert DBTaskResult.objects.filter(args_kwargs__args=[str(job.pk)]).count() == 2
+    assert tasks.run_job(job.pk) == "continued"
     job = run(job)
     assert_counts(job, total=3, added=3)
 
 
 def test_finished_job_is_left_alone():
     job = run(jobs.create_job(files=[upload("a.jpg", picture(1))], via=ImportJob.Via.API))
-    assert runner.run_job(job.pk) == "finished"
+    assert tasks.run_job(job.pk) == "finished"
     job.refresh_from_db()
-    assert job.attempts == 1 and job.added == 1
+    assert job.attempts == 0 and job.added == 1
 
 
 def test_model_unavailable_fails_the_job_with_its_message_and_retry_queues_it(monkeypatch,
@@ -463,7 +552,7 @@ def test_model_unavailable_fails_the_job_with_its_message_and_retry_queues_it(mo
 
     monkeypatch.setattr("catalog.ingest.pipeline.get_embedder", unavailable)
     job = jobs.create_job(files=[upload("a.jpg", picture(1))], via=ImportJob.Via.API)
-    assert runner.run_job(job.pk) == "failed"
+    assert tasks.run_job(job.pk) == "failed"
     job.refresh_from_db()
     assert job.state == ImportJob.State.FAILED
     assert job.error == "The model could not be loaded: CLIP_WEIGHTS_FILE=/nope does not exist."
@@ -481,7 +570,7 @@ def test_gives_up_after_max_attempts(settings):
     settings.IMPORT_MAX_ATTEMPTS = 2
     job = jobs.create_job(files=[upload("a.jpg", picture(1))], via=ImportJob.Via.API)
     ImportJob.objects.filter(pk=job.pk).update(attempts=2)
-    assert runner.run_job(job.pk) == "finished"
+    assert tasks.run_job(job.pk) == "finished"
     job.refresh_from_db()
     assert job.state == ImportJob.State.FAILED and "gave up after 2 attempts" in job.error
 

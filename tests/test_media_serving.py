@@ -9,7 +9,8 @@ from pathlib import Path
 import pytest
 from django.core.files.uploadedfile import SimpleUploadedFile
 
-from catalog.ingest import jobs, lease, runner
+from catalog.jobs import claims, payloads, tasks
+from catalog.jobs import requests as jobs
 from catalog.models import ImportItem, ImportJob
 from tests.conftest import ingest_pictures, make_image_bytes
 
@@ -67,10 +68,8 @@ def test_a_failed_job_loses_its_payloads(writer_client, media_root, django_captu
     job = ImportJob.objects.get(pk=response.json()["id"])
     folder = Path(media_root) / job.payload_folder
     assert any(folder.iterdir())
-    claimed = lease.claim(job.pk, "worker-1")
-    assert claimed.outcome is lease.Claim.CLAIMED
     with django_capture_on_commit_callbacks(execute=True):
-        lease.fail(job.pk, "worker-1", "the model could not be loaded")
+        claims.fail_job(job.pk, "the model could not be loaded")
     assert not folder.exists()
 
 
@@ -81,7 +80,7 @@ def test_a_job_failed_by_too_many_attempts_loses_its_payloads(writer_client, set
     job_id = uuid.UUID(response.json()["id"])
     ImportJob.objects.filter(pk=job_id).update(attempts=1)
     with django_capture_on_commit_callbacks(execute=True):
-        assert lease.claim(job_id, "worker-2").outcome is lease.Claim.FINISHED
+        assert claims.claim_chunk(job_id, "worker-2", size=1).outcome is claims.Claim.FINISHED
     assert ImportJob.objects.get(pk=job_id).state == ImportJob.State.FAILED
     assert not (Path(media_root) / ImportJob.objects.get(pk=job_id).payload_folder).exists()
 
@@ -90,15 +89,14 @@ def test_retrying_a_failed_job_fails_the_uploads_it_no_longer_has_and_runs_the_r
         writer_client, media_root, django_capture_on_commit_callbacks):
     response = writer_client.post("/api/imports/", {"file": [SimpleUploadedFile("a.jpg", make_image_bytes())]})
     job = ImportJob.objects.get(pk=response.json()["id"])
-    lease.claim(job.pk, "w")
     with django_capture_on_commit_callbacks(execute=True):
-        lease.fail(job.pk, "w", "boom")
+        claims.fail_job(job.pk, "boom")
     assert jobs.retry_job(job.pk)
     job.refresh_from_db()
     assert job.state == ImportJob.State.QUEUED and job.failed == 1
     item = job.items.get()
     assert item.state == ImportItem.State.FAILED and item.error == jobs.PAYLOAD_GONE
-    assert runner.run_job(job.pk) == "done"
+    assert tasks.run_job(job.pk) == "done"
     assert writer_client.get(f"/api/imports/{job.pk}/").json()["errors"][0]["message"] == jobs.PAYLOAD_GONE
 
 
@@ -107,5 +105,5 @@ def test_prune_removes_payloads_of_failed_jobs(writer_client, media_root):
     job = ImportJob.objects.get(pk=response.json()["id"])
     ImportJob.objects.filter(pk=job.pk).update(state=ImportJob.State.FAILED, error="boom",  # cleanup missed
                                                finished_at=job.created_at)
-    assert jobs.prune_payloads() == 1
+    assert payloads.prune_payloads() == 1
     assert not (Path(media_root) / job.payload_folder).exists()

@@ -18,7 +18,7 @@ from catalog.accounts.permissions import CanRead
 from catalog.accounts.throttling import ScopeThrottle
 from catalog.api.parsers import API_PARSERS
 from catalog.api.serializers import StrictQueryMixin, StrictSerializer
-from catalog.ingest import jobs
+from catalog.jobs import requests as jobs
 from catalog.models import ImportJob
 
 RECENT_JOBS = 50

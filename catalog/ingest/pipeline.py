@@ -1,28 +1,35 @@
 """The one ingestion pipeline every entry point feeds (folder, upload, URL, archive).
 
-For each item: read and hash the bytes, and skip (without decoding) those
-already stored or seen earlier in the run; decode and validate, read metadata,
-make the thumbnail and the model input (in worker threads, overlapping with the
-embedding of the previous batch), embed in batches (on a thread of its own,
-overlapping with storing the batch before), then store files and rows. An item
-is either stored completely (file, thumbnail, row and vector, committed
-together) or not at all, so an interrupted import is finished by running it
-again. Whatever goes wrong with one item (unreadable, hostile, out of memory,
-a failed write) is that item's failure, never the run's.
+For each item: read and hash the bytes (in threads), and skip (without decoding) those already
+stored or seen earlier in the run; decode and validate, read metadata, make the thumbnail and the
+model input in worker processes (catalog.ingest.decoding), overlapping with the embedding of the
+previous batch; embed in batches (on a thread of its own, overlapping with storing the batch
+before); then store each batch: its files first (content-addressed, write-once, in parallel
+threads), then its rows and vectors in one transaction with bulk inserts. An item is either
+stored completely (file, thumbnail, row and vector, committed together) or not at all, so an
+interrupted import is finished by running it again. If a batch cannot be stored, its items are
+stored one by one, so one bad item never fails its neighbours. Whatever goes wrong with one item
+(unreadable, hostile, out of memory, a decoder that crashes its process, a failed write) is that
+item's failure, never the run's.
 
-Memory stays bounded: items are read lazily a bounded number ahead, an item's
-bytes beyond 1 MiB wait for storing in a temporary file, and the model input is
-made from the already reduced image (see ClipEmbedder.prepare_image).
+Memory stays bounded: items are read lazily a bounded number ahead, an item's bytes beyond 1 MiB
+wait for decoding and storing in a temporary file (the decode process reads it by name), and a
+decode process sends back only the thumbnail and the model input, never the decoded image.
 
-Callers that keep their own per-item records (import jobs) pass ``key`` on
-each item and get it back on its outcome; the outcome of an added item is
-reported inside the transaction that stores it, so such records commit with
-the image or not at all.
+Duplicates by SHA-256 are never stored twice, also across concurrent workers: a batch is stored
+under a PostgreSQL advisory lock per hash, and rows are inserted only for hashes that no
+committed row has once the locks are held. The same locks make a worker's clean-up of files
+never remove files another worker has committed.
+
+Callers that keep their own per-item records (import jobs) pass ``key`` on each item and get it
+back on its outcome; the outcome of an added item is reported inside the transaction that
+stores it, so such records commit with the image or not at all.
 """
 
 from __future__ import annotations
 
 import contextlib
+import functools
 import hashlib
 import logging
 import tempfile
@@ -39,7 +46,10 @@ from django.db.models import Q
 
 from catalog import geocode
 from catalog.embedder import ClipEmbedder, get_embedder
-from catalog.imaging import ImageMetadata, ImageRejected, decode_image, make_thumbnail
+from catalog.imaging import ImageMetadata
+from catalog.ingest import decoding, gpu_decoding
+from catalog.ingest.decoding import Decoded, DecodePool, DecodeSpec, Pending
+from catalog.ingest.decoding import short_error as _short
 from catalog.ingest.names import safe_text
 from catalog.models import Embedding, EmbeddingSpace, Image
 
@@ -50,6 +60,8 @@ EXTENSIONS = {"JPEG": "jpg", "PNG": "png", "WEBP": "webp", "GIF": "gif", "BMP": 
 # An item's bytes wait for storing in memory up to this size, in a temporary file beyond it:
 # a batch of large files (or archive members) in flight then costs disk, not memory.
 IN_MEMORY_BYTES = 1024 * 1024
+# Threads writing a batch's files (disk I/O releases the GIL).
+FILE_WRITERS = 4
 
 
 class ItemRejected(ValueError):
@@ -121,19 +133,24 @@ class IngestReport:
 class _Prepared:
     item: IngestItem
     index: int  # position in the input, so the report keeps the input's order
-    held: object = None  # the item's bytes: `bytes`, or a temporary file beyond IN_MEMORY_BYTES
+    held: object = None  # the item's bytes: `bytes`, or a named temporary file beyond IN_MEMORY_BYTES
     sha256: str = ""
     metadata: ImageMetadata | None = None
     thumbnail: bytes = b""
-    tensor: object = None
+    pixels: object = None  # the model input as uint8 pixels (decoding.Decoded.pixels)
     error: str = ""
     duplicate_of: int | None = None  # an already stored image with the same bytes
     first_copy: "_Prepared | _Seen | None" = None  # the same bytes earlier in this run
 
+    @property
+    def source(self) -> bytes | str:
+        """What a decode process is sent: the bytes, or the name of the file holding them."""
+        return self.held if isinstance(self.held, (bytes, bytearray)) else self.held.name
+
     def release(self) -> None:
         if hasattr(self.held, "close"):
             self.held.close()
-        self.held = self.tensor = None
+        self.held = self.pixels = None
 
 
 def ingest_items(items: Iterable[IngestItem], *, options: IngestOptions,
@@ -142,7 +159,9 @@ def ingest_items(items: Iterable[IngestItem], *, options: IngestOptions,
     """Ingest ``items``; returns one outcome per item (also passed to ``on_outcome`` as it happens).
 
     For an added item ``on_outcome`` runs inside the transaction that stores it: if it raises,
-    the image is not stored and the exception propagates."""
+    the image is not stored and the exception propagates. ``decode_workers`` processes decode
+    (default: IMAGESEARCH_DECODE_WORKERS, or sized to the machine when that is 0)."""
+    decoding.warm_up()  # the decode processes' server starts while the model loads
     embedder = embedder or get_embedder()
     space = EmbeddingSpace.objects.ensure(name=embedder.space_name, dimensions=embedder.dimensions)
     outcomes: dict[int, ItemOutcome] = {}
@@ -152,82 +171,94 @@ def ingest_items(items: Iterable[IngestItem], *, options: IngestOptions,
         if on_outcome is not None and not reported:
             on_outcome(outcome)
 
-    def failed(prepared: _Prepared, reason: str) -> ItemOutcome:
-        return ItemOutcome(prepared.item.name, prepared.item.source_ref, ItemOutcome.FAILED, reason=reason,
-                           key=prepared.item.key)
-
-    def store_all(ready: list[_Prepared], vectors: Future) -> None:
+    def store_all(ready: list[_Prepared], vectors: Future, writers: ThreadPoolExecutor) -> None:
         try:
             results = vectors.result()
         except Exception as error:  # the whole batch could not be embedded: each item says so
             logger.exception("embedding a batch of %d image(s) failed", len(ready))
             for prepared in ready:
                 prepared.release()
-                record(prepared, failed(prepared, f"could not be embedded: {_short(error)}"))
+                record(prepared, _failed(prepared, f"could not be embedded: {_short(error)}"))
             return
-        for prepared, vector in zip(ready, results, strict=True):
-            try:
-                outcome = _store(prepared, vector, space, options, on_outcome)
-            except _CallerError as wrapped:  # the caller's own failure (e.g. a lost lease) ends the run
-                raise wrapped.error
-            except Exception as error:
-                logger.exception("storing %s failed", prepared.item.source_ref)
-                outcome = failed(prepared, f"could not be stored: {_short(error)}")
-            finally:
+        try:
+            stored = _store_safely(list(zip(ready, results, strict=True)), space=space, options=options,
+                                   on_added=on_outcome, write_files=lambda batch: _write_files(batch, writers))
+        finally:
+            for prepared in ready:
                 prepared.release()
+        for prepared, outcome in zip(ready, stored, strict=True):
             # An added item's outcome was reported inside its transaction.
             record(prepared, outcome, reported=outcome.status == ItemOutcome.ADDED)
 
-    workers = decode_workers or settings.INGEST_DECODE_WORKERS
+    workers = decode_workers or settings.INGEST_DECODE_WORKERS or decoding.default_workers(
+        cuda=embedder.pixel_fit()[3].startswith("cuda"))
+
+    def embed(pixels: list) -> object:
+        return embedder.embed_prepared([embedder.tensor_from_pixels(p) for p in pixels])
+
     # The model runs on its own thread (torch releases the GIL): while it embeds one batch, this
     # thread, which owns the database connection, stores the previous one.
-    with ThreadPoolExecutor(max_workers=1, thread_name_prefix="ingest-embed") as model:
+    with ThreadPoolExecutor(max_workers=1, thread_name_prefix="ingest-embed") as model, \
+            ThreadPoolExecutor(max_workers=FILE_WRITERS, thread_name_prefix="ingest-write") as writers:
         embedding: tuple[list[_Prepared], Future] | None = None
         for batch in _batched(_prepare_all(items, embedder, workers), embedder.config.batch_size):
             ready = []
             for prepared in batch:
                 first = prepared.first_copy
                 if prepared.error:
-                    record(prepared, failed(prepared, prepared.error))
+                    record(prepared, _failed(prepared, prepared.error))
                 elif prepared.duplicate_of is not None:
                     record(prepared, _duplicate(prepared, prepared.duplicate_of))
                 elif first is not None:  # its first copy may not be stored yet
-                    record(prepared, failed(prepared, first.error) if first.error else _duplicate(prepared, None))
+                    record(prepared, _failed(prepared, first.error) if first.error else _duplicate(prepared, None))
                 else:
                     ready.append(prepared)
                     continue
                 prepared.release()
             previous = embedding
-            embedding = (ready, model.submit(embedder.embed_prepared, [p.tensor for p in ready])) if ready else None
+            embedding = (ready, model.submit(embed, [p.pixels for p in ready])) if ready else None
             if previous is not None:
-                store_all(*previous)
+                store_all(*previous, writers)
         if embedding is not None:
-            store_all(*embedding)
+            store_all(*embedding, writers)
     return IngestReport(outcomes=[outcomes[index] for index in sorted(outcomes)])
 
 
+def decode_spec(embedder: ClipEmbedder) -> DecodeSpec:
+    size, resize_mode, resample, _ = embedder.pixel_fit()
+    return DecodeSpec(max_pixels=settings.IMAGE_MAX_PIXELS, min_side=max(size, settings.THUMBNAIL_MAX_SIDE),
+                      max_aspect_ratio=settings.IMAGE_MAX_ASPECT_RATIO, thumbnail_side=settings.THUMBNAIL_MAX_SIDE,
+                      input_size=size, resize_mode=resize_mode, resample=resample)
+
+
 def _prepare_all(items: Iterable[IngestItem], embedder: ClipEmbedder, workers: int) -> Iterator[_Prepared]:
-    """Read and hash items, then decode those not stored yet, in a thread pool, in order,
-    keeping a bounded number in flight. Known hashes are looked up once per chunk, on this
-    (the calling) thread, which owns the database connection."""
-    min_side = max(embedder.input_size, settings.THUMBNAIL_MAX_SIDE)
-    lookahead = max(2 * embedder.config.batch_size, 4)
+    """Read and hash items in threads, then decode those not stored yet in ``workers``
+    processes, in order, keeping a bounded number in flight. Known hashes are looked up once per
+    chunk, on this (the calling) thread, which owns the database connection."""
+    spec = decode_spec(embedder)
+    device = embedder.pixel_fit()[3]
+    on_gpu = device.startswith("cuda") and gpu_decoding.available()
+    lookahead = max(2 * embedder.config.batch_size, 2 * workers, 4)
     # The first copy of each hash while it is in flight, then only its outcome: a long run keeps
     # no thumbnails, spools or archive members of what it has finished.
     first_by_hash: dict[str, _Prepared | _Seen] = {}
 
-    def finished(prepared: _Prepared, future: Future | None) -> _Prepared:
-        if future is not None:
-            future.result()  # _decode records its own failures on `prepared`
+    def finished(prepared: _Prepared, pending: Pending | None) -> _Prepared:
+        if pending is not None:
+            _take(prepared, pool.result(pending))
             first_by_hash[prepared.sha256] = _Seen(prepared.error)
         return prepared
 
-    with ThreadPoolExecutor(max_workers=workers, thread_name_prefix="ingest-decode") as pool:
-        decoding: deque[tuple[_Prepared, Future | None]] = deque()
-        for chunk in _batched(_read_all(items, pool, lookahead), embedder.config.batch_size):
+    # Reading is I/O (files, URLs, archive members) and hashing releases the GIL: threads.
+    with ThreadPoolExecutor(max_workers=max(2, workers), thread_name_prefix="ingest-read") as readers, \
+            DecodePool(workers) as pool:
+        in_flight: deque[tuple[_Prepared, Pending | None]] = deque()
+        for chunk in _batched(_read_all(items, readers, lookahead), embedder.config.batch_size):
             known = Image.objects.ids_by_hash(p.sha256 for p in chunk if not p.error)
+            entries: list[list] = []
+            for_gpu: list[tuple[list, bytes]] = []
             for prepared in chunk:
-                future = None
+                entry = [prepared, None]
                 if prepared.error:
                     pass
                 elif prepared.sha256 in known:
@@ -238,12 +269,41 @@ def _prepare_all(items: Iterable[IngestItem], embedder: ClipEmbedder, workers: i
                     prepared.release()
                 else:
                     first_by_hash[prepared.sha256] = prepared
-                    future = pool.submit(_decode, prepared, embedder, min_side)
-                decoding.append((prepared, future))
-            while len(decoding) >= lookahead:
-                yield finished(*decoding.popleft())
-        while decoding:
-            yield finished(*decoding.popleft())
+                    data = _bytes_of(prepared) if on_gpu else b""
+                    if on_gpu and gpu_decoding.wanted(data, device=device, available=True):
+                        for_gpu.append((entry, data))
+                    else:
+                        entry[1] = pool.submit(prepared.source, spec)
+                entries.append(entry)
+            if for_gpu:  # one batch on the GPU; what it fails on goes to the decode processes, alone
+                results = gpu_decoding.decode_batch(
+                    [data for _, data in for_gpu], spec,
+                    gpu_decode=functools.partial(gpu_decoding.decode_on_gpu, device=device),
+                    cpu_decode=lambda source, spec: pool.result(pool.submit(source, spec)))
+                for (entry, _), result in zip(for_gpu, results, strict=True):
+                    entry[1] = decoding.completed(result)
+            in_flight.extend(map(tuple, entries))
+            while len(in_flight) >= lookahead:
+                yield finished(*in_flight.popleft())
+        while in_flight:
+            yield finished(*in_flight.popleft())
+
+
+def _take(prepared: _Prepared, decoded: Decoded) -> None:
+    if decoded.error:
+        prepared.error = decoded.error
+        if decoded.error.startswith("could not be processed"):  # not a plain bad image: worth a look
+            logger.warning("preparing %s failed: %s", prepared.item.source_ref, decoded.error)
+        prepared.release()
+    else:
+        prepared.metadata, prepared.thumbnail, prepared.pixels = decoded.metadata, decoded.thumbnail, decoded.pixels
+
+
+def _bytes_of(prepared: _Prepared) -> bytes:
+    if isinstance(prepared.held, (bytes, bytearray)):
+        return bytes(prepared.held)
+    prepared.held.seek(0)
+    return prepared.held.read()
 
 
 def _read_all(items: Iterable[IngestItem], pool: ThreadPoolExecutor, lookahead: int) -> Iterator[_Prepared]:
@@ -282,40 +342,19 @@ def _read(item: IngestItem, index: int) -> _Prepared:
     return prepared
 
 
-def _decode(prepared: _Prepared, embedder: ClipEmbedder, min_side: int) -> None:
-    try:
-        decoded = decode_image(prepared.held, max_pixels=settings.IMAGE_MAX_PIXELS, min_side=min_side,
-                               max_aspect_ratio=settings.IMAGE_MAX_ASPECT_RATIO)
-        prepared.metadata = decoded.metadata
-        prepared.thumbnail = make_thumbnail(decoded.image, max_side=settings.THUMBNAIL_MAX_SIDE)
-        prepared.tensor = embedder.prepare_image(decoded.image)
-    except ImageRejected as rejected:
-        prepared.error = str(rejected)
-    except Exception as error:  # MemoryError included: this item's failure, never the run's
-        logger.exception("preparing %s failed", prepared.item.source_ref)
-        prepared.error = f"could not be processed: {_short(error)}"
-    if prepared.error:
-        prepared.release()
-
-
 def _hold(data: bytes):
-    """Keep ``data`` until it is decoded and stored: small in memory, large in an anonymous
-    temporary file (decode_image reads it from there)."""
+    """Keep ``data`` until it is decoded and stored: small in memory, large in a temporary file
+    (removed when closed) that the decode process opens by name."""
     if len(data) <= IN_MEMORY_BYTES:
         return data
-    spool = tempfile.TemporaryFile()
+    spool = tempfile.NamedTemporaryFile(prefix="ingest-", suffix=".item")  # noqa: SIM115 - closed by release()
     try:
         spool.write(data)
-        spool.seek(0)
+        spool.flush()
     except BaseException:
         spool.close()
         raise
     return spool
-
-
-def _short(error: BaseException) -> str:
-    text = str(error).strip().splitlines()[0][:200] if str(error).strip() else ""
-    return f"{type(error).__name__}: {text}" if text else type(error).__name__
 
 
 class _CallerError(Exception):
@@ -326,69 +365,132 @@ class _CallerError(Exception):
         self.error = error
 
 
-def _store(prepared: _Prepared, vector, space: EmbeddingSpace, options: IngestOptions,
-           on_added: Callable[[ItemOutcome], None] | None) -> ItemOutcome:
+def _failed(prepared: _Prepared, reason: str) -> ItemOutcome:
+    return ItemOutcome(prepared.item.name, prepared.item.source_ref, ItemOutcome.FAILED, reason=reason,
+                       key=prepared.item.key)
+
+
+def _duplicate(prepared: _Prepared, existing_id: int | None) -> ItemOutcome:
+    return ItemOutcome(prepared.item.name, prepared.item.source_ref, ItemOutcome.DUPLICATE, image_id=existing_id,
+                       reason="already stored", key=prepared.item.key)
+
+
+def _store_safely(pairs: list[tuple[_Prepared, object]], **store) -> list[ItemOutcome]:
+    """Store a batch; if that fails, its items one by one, so a bad one fails alone."""
+    try:
+        return _store_batch(pairs, **store)
+    except _CallerError as wrapped:  # the caller's own failure (e.g. a lost lease) ends the run
+        raise wrapped.error from None
+    except Exception as error:
+        if len(pairs) > 1:
+            logger.warning("storing a batch of %d image(s) failed (%s); storing them one by one",
+                           len(pairs), _short(error))
+            return [outcome for pair in pairs for outcome in _store_safely([pair], **store)]
+        prepared = pairs[0][0]
+        if isinstance(error, IntegrityError):
+            # Stored meanwhile by a writer that does not take the locks (none in this project).
+            existing = Image.objects.ids_by_hash([prepared.sha256]).get(prepared.sha256)
+            if existing is not None:
+                return [_duplicate(prepared, existing)]
+        logger.exception("storing %s failed", prepared.item.source_ref)
+        return [_failed(prepared, f"could not be stored: {_short(error)}")]
+
+
+def _file_names(prepared: _Prepared) -> tuple[str, str]:
+    shard = prepared.sha256[:2]
+    return (f"images/{shard}/{prepared.sha256}.{EXTENSIONS.get(prepared.metadata.format, 'img')}",
+            f"thumbnails/{shard}/{prepared.sha256}.jpg")
+
+
+def _store_batch(pairs: list[tuple[_Prepared, object]], *, space: EmbeddingSpace, options: IngestOptions,
+                 on_added: Callable[[ItemOutcome], None] | None,
+                 write_files: Callable[[list[_Prepared]], None]) -> list[ItemOutcome]:
+    """Store ``pairs`` (item, vector) in one transaction; the outcome of each, in order."""
+    outcomes: dict[int, ItemOutcome] = {}
+    with _content_locks([prepared.sha256 for prepared, _ in pairs]):
+        # Under the locks this is the final word: a concurrent worker has committed or will wait.
+        existing = Image.objects.ids_by_hash(prepared.sha256 for prepared, _ in pairs)
+        new = []
+        for prepared, vector in pairs:
+            if prepared.sha256 in existing:
+                outcomes[prepared.index] = _duplicate(prepared, existing[prepared.sha256])
+            else:
+                new.append((prepared, vector))
+        committed = False
+        try:
+            if new:
+                write_files([prepared for prepared, _ in new])  # a row never names a missing file
+                with transaction.atomic():
+                    images = Image.objects.bulk_create([_image_row(prepared, options) for prepared, _ in new])
+                    Embedding.objects.bulk_create([Embedding(image=image, space=space, vector=vector)
+                                                   for image, (_, vector) in zip(images, new, strict=True)])
+                    for image, (prepared, _) in zip(images, new, strict=True):
+                        outcome = ItemOutcome(prepared.item.name, prepared.item.source_ref, ItemOutcome.ADDED,
+                                              image_id=image.pk, key=prepared.item.key)
+                        outcomes[prepared.index] = outcome
+                        if on_added is not None:
+                            try:
+                                on_added(outcome)
+                            except Exception as error:
+                                raise _CallerError(error) from error
+            committed = True
+        finally:
+            if not committed:
+                _remove_unreferenced([name for prepared, _ in new for name in _file_names(prepared)])
+    return [outcomes[prepared.index] for prepared, _ in pairs]
+
+
+def _image_row(prepared: _Prepared, options: IngestOptions) -> Image:
     meta = prepared.metadata
     city = options.city
     if not city and meta.latitude is not None and meta.longitude is not None:
         city = geocode.city_at(meta.latitude, meta.longitude)
-    shard = prepared.sha256[:2]
-    file_name = f"images/{shard}/{prepared.sha256}.{EXTENSIONS.get(meta.format, 'img')}"
-    thumb_name = f"thumbnails/{shard}/{prepared.sha256}.jpg"
-    committed = False
-    # Serialises workers storing the same bytes, so one's clean-up never removes a file the
-    # other has just written and is about to commit a row for.
-    with _content_lock(prepared.sha256):
-        try:
-            _write_once(file_name, prepared.held)
-            _write_once(thumb_name, prepared.thumbnail)
-            with transaction.atomic():
-                image = Image.objects.create(
-                    file=file_name, thumbnail=thumb_name, sha256=prepared.sha256,
-                    original_name=prepared.item.name[:255], width=meta.width, height=meta.height,
-                    city=city[:120], group_key=options.group_key[:120], taken_at=meta.taken_at,
-                    latitude=meta.latitude, longitude=meta.longitude, source=options.source,
-                    source_ref=prepared.item.source_ref[:1000], status=Image.Status.EMBEDDED,
-                    added_by_id=options.added_by_id)
-                Embedding.objects.create(image=image, space=space, vector=vector)
-                outcome = ItemOutcome(prepared.item.name, prepared.item.source_ref, ItemOutcome.ADDED,
-                                      image_id=image.pk, key=prepared.item.key)
-                if on_added is not None:
-                    try:
-                        on_added(outcome)
-                    except Exception as error:
-                        raise _CallerError(error) from error
-            committed = True
-        except IntegrityError:
-            # Another worker stored the same bytes between our check and our insert.
-            existing = Image.objects.ids_by_hash([prepared.sha256]).get(prepared.sha256)
-            if existing is not None:
-                return _duplicate(prepared, existing)
-            raise
-        finally:
-            if not committed:
-                _remove_unreferenced([file_name, thumb_name])
-    return outcome
+    file_name, thumb_name = _file_names(prepared)
+    return Image(file=file_name, thumbnail=thumb_name, sha256=prepared.sha256, original_name=prepared.item.name[:255],
+                 width=meta.width, height=meta.height, city=city[:120], group_key=options.group_key[:120],
+                 taken_at=meta.taken_at, latitude=meta.latitude, longitude=meta.longitude, source=options.source,
+                 source_ref=prepared.item.source_ref[:1000], status=Image.Status.EMBEDDED,
+                 added_by_id=options.added_by_id)
+
+
+def _write_files(batch: list[_Prepared], writers: ThreadPoolExecutor) -> None:
+    """Write each item's file and thumbnail, in parallel; raises the first failure."""
+    jobs = []
+    for prepared in batch:
+        file_name, thumb_name = _file_names(prepared)
+        jobs += [writers.submit(_write_once, file_name, prepared.held),
+                 writers.submit(_write_once, thumb_name, prepared.thumbnail)]
+    for job in jobs:  # all finish before a failure is raised, so clean-up sees every file
+        job.exception()
+    for job in jobs:
+        job.result()
 
 
 @contextlib.contextmanager
-def _content_lock(sha256: str):
-    key = int.from_bytes(bytes.fromhex(sha256[:16]), "big", signed=True)
+def _content_locks(hashes: list[str]):
+    """Session-level advisory locks on ``hashes``: they serialise workers storing the same bytes
+    across the transaction and the clean-up after it, so one's clean-up never removes a file the
+    other has written and committed. Taken in key order, so two batches never wait on each other
+    in a circle."""
+    keys = sorted({int.from_bytes(bytes.fromhex(sha256[:16]), "big", signed=True) for sha256 in hashes})
     with connection.cursor() as cursor:
-        cursor.execute("SELECT pg_advisory_lock(%s)", [key])
+        cursor.execute("SELECT count(pg_advisory_lock(k)) FROM (SELECT unnest(%s::bigint[]) AS k ORDER BY 1) AS s",
+                       [keys])
     try:
         yield
     finally:
         try:
             with connection.cursor() as cursor:
-                cursor.execute("SELECT pg_advisory_unlock(%s)", [key])
-        except Exception:  # connection gone: the server released the lock with the session
-            logger.warning("could not release the storage lock for %s", sha256, exc_info=True)
+                cursor.execute("SELECT count(pg_advisory_unlock(k)) FROM unnest(%s::bigint[]) AS k", [keys])
+        except Exception:  # connection gone: the server released the locks with the session
+            logger.warning("could not release the storage locks of %d image(s)", len(keys), exc_info=True)
 
 
 def _remove_unreferenced(names: list[str]) -> None:
-    """Delete the content-addressed files of an item whose row did not commit, unless a
+    """Delete the content-addressed files of items whose rows did not commit, unless a
     committed row names them (best effort: never hides the original failure)."""
+    if not names:
+        return
     try:
         referenced = set()
         for file, thumbnail in Image.objects.filter(Q(file__in=names) | Q(thumbnail__in=names)).values_list(
@@ -398,12 +500,7 @@ def _remove_unreferenced(names: list[str]) -> None:
             if name not in referenced and default_storage.exists(name):
                 default_storage.delete(name)
     except Exception:
-        logger.warning("could not remove the files of an item that was not stored: %s", names, exc_info=True)
-
-
-def _duplicate(prepared: _Prepared, existing_id: int | None) -> ItemOutcome:
-    return ItemOutcome(prepared.item.name, prepared.item.source_ref, ItemOutcome.DUPLICATE, image_id=existing_id,
-                       reason="already stored", key=prepared.item.key)
+        logger.warning("could not remove the files of items that were not stored: %s", names, exc_info=True)
 
 
 def _write_once(name: str, data) -> str:
@@ -425,8 +522,8 @@ def _write_once(name: str, data) -> str:
     return saved
 
 
-def _batched(iterable: Iterable[_Prepared], size: int) -> Iterator[list[_Prepared]]:
-    batch: list[_Prepared] = []
+def _batched(iterable: Iterable, size: int) -> Iterator[list]:
+    batch: list = []
     for element in iterable:
         batch.append(element)
         if len(batch) >= size:

@@ -8,7 +8,7 @@ from django.shortcuts import get_object_or_404, redirect, render
 
 from catalog.accounts.access import IMPORT_PERMISSION, visible_import_jobs
 from catalog.accounts.throttling import throttle_posts
-from catalog.ingest import jobs
+from catalog.jobs import requests as jobs
 from catalog.models import ImportJob
 
 RECENT_JOBS = 20

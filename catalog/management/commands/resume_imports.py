@@ -1,15 +1,15 @@
 from django.core.management.base import BaseCommand
 
-from catalog.ingest import jobs
+from catalog.jobs import payloads, requests
 
 
 class Command(BaseCommand):
     help = ("Queue every unfinished import job that has no task waiting (e.g. its web process died right "
             "after accepting it), and delete payloads of finished imports. Run it before starting "
             "`manage.py db_worker`; safe to run any time. Jobs whose worker was killed are also picked up "
-            "without it, once their lease (IMAGESEARCH_IMPORT_LEASE_SECONDS) runs out.")
+            "without it, once their claims (IMAGESEARCH_IMPORT_LEASE_SECONDS) run out.")
 
     def handle(self, *args, **options):
-        queued = jobs.resume_unfinished()
-        pruned = jobs.prune_payloads()
+        queued = requests.resume_unfinished()
+        pruned = payloads.prune_payloads()
         self.stdout.write(f"Queued {len(queued)} unfinished import(s); removed {pruned} payload folder(s).")

@@ -1,18 +1,16 @@
-"""Import jobs, the request side: turn uploaded files and URLs into a durable job; find and
-re-queue jobs that lost their worker; tidy payloads.
+"""Import jobs, the request side: turn uploaded files and URLs into a durable job; retry a failed
+one; find and re-queue jobs that lost their task.
 
 The uploaded bytes are written to storage (``imports/<job id>/``) and the job and its items
 committed before the job's task is queued (on commit): a web process that dies mid-request
 leaves no job behind, and a queued job never lacks its bytes. The work itself is done by
-``catalog.ingest.runner`` in the background worker.
+``catalog.jobs.worker`` in the background workers.
 """
 
 from __future__ import annotations
 
-import logging
 import uuid
 from collections.abc import Iterable, Sequence
-from datetime import timedelta
 from functools import partial
 from urllib.parse import urlsplit
 
@@ -25,19 +23,14 @@ from django.db.models import F
 from django.utils import timezone
 from django.utils.text import get_valid_filename
 
-from catalog import tasks
 from catalog.ingest.archives import is_archive
 from catalog.ingest.remote import name_from_url
+from catalog.jobs import tasks
 from catalog.models import ImportItem, ImportJob
-
-logger = logging.getLogger(__name__)
 
 MAX_URL_LENGTH = 2048
 MAX_ERRORS_SHOWN = 1000  # per-item errors returned with a job; the counts stay exact
 _SNIFF_BYTES = 512
-# Payload folders without a job row are left by requests that died mid-upload; one that young
-# may belong to a request still running.
-ORPHAN_PAYLOAD_AGE = timedelta(days=1)
 
 
 class ImportRequestError(ValueError):
@@ -129,8 +122,7 @@ def retry_job(job_id: uuid.UUID) -> bool:
             return False
         lost = _fail_items_without_payload(job)
         ImportJob.objects.filter(pk=job_id).update(
-            state=ImportJob.State.QUEUED, error="", attempts=0, finished_at=None, lease_owner="",
-            lease_expires_at=None, failed=F("failed") + lost)
+            state=ImportJob.State.QUEUED, error="", attempts=0, finished_at=None, failed=F("failed") + lost)
         transaction.on_commit(partial(tasks.enqueue_import, job_id))
     return True
 
@@ -149,54 +141,14 @@ def _fail_items_without_payload(job: ImportJob) -> int:
 
 def resume_unfinished() -> list[uuid.UUID]:
     """Queue a task for every unfinished job that has none waiting (its web process died between
-    commit and enqueue, or its task row was lost). A job still held by a live worker is looked at
-    again when its lease runs out. Returns the ids queued."""
+    commit and enqueue, or its task row was lost). Items still held by live workers are looked
+    at again when their claims run out. Returns the ids queued."""
     queued = []
     for job_id in ImportJob.objects.unfinished().order_by("created_at").values_list("pk", flat=True):
         if not tasks.has_queued_import(job_id):
             tasks.enqueue_import(job_id)
             queued.append(job_id)
     return queued
-
-
-def prune_payloads() -> int:
-    """Delete payload folders of finished jobs and old folders that have no job. Returns how many."""
-    try:
-        folders, _ = default_storage.listdir("imports")
-    except FileNotFoundError:
-        return 0
-    by_id = {}
-    for folder in folders:
-        try:
-            by_id[uuid.UUID(folder)] = folder
-        except ValueError:
-            continue
-    states = dict(ImportJob.objects.filter(pk__in=list(by_id)).values_list("pk", "state"))
-    pruned = 0
-    for job_id, folder in by_id.items():
-        state = states.get(job_id)
-        if state is not None and state not in (ImportJob.State.DONE, ImportJob.State.FAILED):  # still running
-            continue
-        if state is None and not _older_than(f"imports/{folder}", ORPHAN_PAYLOAD_AGE):
-            continue
-        delete_payloads(f"imports/{folder}")
-        pruned += 1
-    return pruned
-
-
-def delete_payloads(folder: str) -> None:
-    """Delete a job's payload folder (best effort: a leftover is pruned later)."""
-    try:
-        folders, files = default_storage.listdir(folder)
-        for sub in folders:
-            delete_payloads(f"{folder}/{sub}")
-        for name in files:
-            default_storage.delete(f"{folder}/{name}")
-        default_storage.delete(folder)  # FileSystemStorage removes the empty folder; buckets have none
-    except FileNotFoundError:
-        pass
-    except OSError as error:
-        logger.warning("could not delete import payloads in %s: %s", folder, error)
 
 
 def job_errors(job: ImportJob, limit: int = MAX_ERRORS_SHOWN) -> list[dict[str, str]]:
@@ -208,15 +160,6 @@ def job_errors(job: ImportJob, limit: int = MAX_ERRORS_SHOWN) -> list[dict[str, 
 def url_name(url: str) -> str:
     """A file name for a URL's image: the last path segment, else the host."""
     return name_from_url(url, fallback=urlsplit(url).hostname or "download")
-
-
-def _older_than(name: str, age: timedelta) -> bool:
-    try:
-        folders, files = default_storage.listdir(name)
-        times = [default_storage.get_modified_time(f"{name}/{f}") for f in files]
-    except (NotImplementedError, OSError):
-        return True
-    return not times or max(times) < timezone.now() - age
 
 
 def _head(file: UploadedFile) -> bytes:

@@ -1,0 +1,57 @@
+"""Task-queue entry points for import jobs (django-tasks; run by ``manage.py db_worker``).
+Tasks receive ids only. The worker schedules the job's next runs through ``SCHEDULER``."""
+
+from __future__ import annotations
+
+import uuid
+from datetime import datetime
+
+from django_tasks import task
+from django_tasks.backends.immediate import ImmediateBackend
+
+from catalog.jobs import worker
+
+
+@task()
+def run_import(job_id: str) -> str:
+    """Work on import job ``job_id``. Safe to run any number of times, by any number of workers
+    at once: a finished job is left alone, and items others hold are looked at again later."""
+    return run_job(uuid.UUID(job_id))
+
+
+def run_job(job_id: uuid.UUID) -> str:
+    """What ``run_import`` does, called directly (tests, benches)."""
+    return worker.run_job(job_id, scheduler=SCHEDULER)
+
+
+def enqueue_import(job_id: uuid.UUID, *, run_after: datetime | None = None) -> None:
+    """Queue ``run_import`` for the job. Call from ``transaction.on_commit`` so the worker
+    never sees a task before the rows it needs."""
+    if run_after is not None:
+        if not run_import.get_backend().supports_defer:
+            return  # e.g. the immediate backend: nothing runs later, nothing to schedule
+        run_import.using(run_after=run_after).enqueue(str(job_id))
+    else:
+        run_import.enqueue(str(job_id))
+
+
+def invite_import(job_id: uuid.UUID) -> None:
+    """Queue ``run_import`` for another worker to join the job; not where tasks run inline (the
+    immediate backend), where it would only nest a second run inside this one."""
+    if not isinstance(run_import.get_backend(), ImmediateBackend):
+        enqueue_import(job_id)
+
+
+def has_queued_import(job_id: uuid.UUID, *, due_now: bool = False) -> bool:
+    """Whether a ``run_import`` for the job waits in the database queue (DB backend only);
+    ``due_now``: one that a worker may pick up right away (not a watch set for later)."""
+    from django_tasks_db.backend import DatabaseBackend  # only with that backend configured
+    from django_tasks_db.models import DBTaskResult
+
+    if not isinstance(run_import.get_backend(), DatabaseBackend):
+        return False
+    waiting = DBTaskResult.objects.ready() if due_now else DBTaskResult.objects.filter(status="READY")
+    return waiting.filter(task_path=run_import.module_path, args_kwargs__args__0=str(job_id)).exists()
+
+
+SCHEDULER = worker.Scheduler(enqueue=enqueue_import, has_waiting=has_queued_import, invite=invite_import)
