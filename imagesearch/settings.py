@@ -168,9 +168,8 @@ CLIP_MODEL = env.str("CLIP_MODEL", "xlm-roberta-base-ViT-B-32")
 CLIP_PRETRAINED = env.str("CLIP_PRETRAINED", "laion5b_s13b_b90k")
 CLIP_WEIGHTS_FILE = env.path("CLIP_WEIGHTS_FILE", None)
 CLIP_DEVICE = env.choice("CLIP_DEVICE", "cpu", ("cpu", "cuda", "auto"))
-# Image tower runtime: auto = ONNX Runtime on CPU (exported once from the open_clip model, cached in
-# DATA_DIR/models; torch if that fails), torch on CUDA. bench/model_runtime.py has the figures.
-# torch until a quiet bench shows ONNX Runtime faster here (bench/model_runtime.py, bench/README.md).
+# Image tower runtime. Default torch until a quiet bench shows ONNX Runtime faster (bench/model_runtime.py);
+# onnx exports the tower once into DATA_DIR/models (torch if that fails); auto = onnx on CPU, torch on CUDA.
 CLIP_RUNTIME = env.choice("CLIP_RUNTIME", "torch", ("auto", "torch", "onnx"))
 CLIP_BATCH_SIZE = env.int("CLIP_BATCH_SIZE", 32, minimum=1, maximum=4096)
 # Random weights: for tests only. The embedder logs a loud warning when on.
