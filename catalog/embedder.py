@@ -176,28 +176,11 @@ class ClipEmbedder:
         return self._preprocess(self._fit_input(image))
 
     def _fit_input(self, image: "PILImage") -> "PILImage":
-        """The model's centre crop, cut from ``image`` and resized in one step.
+        """The model's centre crop, cut from ``image`` and resized in one step, so nothing larger
+        than the model input is made (see catalog.imaging.fit_model_input)."""
+        from catalog.imaging import fit_model_input
 
-        open_clip's "shortest" preprocessing resizes the shorter side to the input size and
-        then crops: a 20000x1 image becomes a 4,480,000x224 intermediate (GBs). Resizing only
-        the source box that the crop keeps gives the same pixels (same scale and filter) while
-        nothing larger than the model input is ever made. Other modes are already bounded."""
-        if self._resize_mode != "shortest":
-            return image
-        from PIL import Image
-
-        size = self.input_size
-        w, h = image.size
-        if (w, h) == (size, size):
-            return image
-        # torchvision Resize(size) + CenterCrop(size), in the resized image's coordinates.
-        short, long = (w, h) if w <= h else (h, w)
-        new_long = int(size * long / short)
-        new_w, new_h = (size, new_long) if w <= h else (new_long, size)
-        left, top = int(round((new_w - size) / 2.0)), int(round((new_h - size) / 2.0))
-        sx, sy = new_w / w, new_h / h
-        box = (left / sx, top / sy, (left + size) / sx, (top + size) / sy)
-        return image.resize((size, size), getattr(Image.Resampling, self._resample), box=box)
+        return fit_model_input(image, size=self.input_size, resize_mode=self._resize_mode, resample=self._resample)
 
     def pixel_fit(self) -> tuple[int, str, str, str]:
         """(input size, open_clip resize mode, resample filter, device): what the ingestion decode

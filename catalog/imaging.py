@@ -156,8 +156,7 @@ def fit_model_input(image: Image.Image, *, size: int, resize_mode: str = "shorte
 
     Resizing only the source box that the crop keeps gives the same pixels (same scale and filter)
     as resizing the whole image first, which for a 20000x1 image would make a 4,480,000x224
-    intermediate (GBs). The same arithmetic as ClipEmbedder._fit_input, without torch, so that
-    decode processes can run it."""
+    intermediate (GBs). Without torch, so that decode processes can run it; ClipEmbedder uses it too."""
     if resize_mode != "shortest":
         return image
     w, h = image.size
