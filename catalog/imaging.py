@@ -179,20 +179,9 @@ def read_header(
     is decoded): for decoders other than Pillow's (the GPU's). Same checks as ``decode_image``."""
     fp, _ = _open_source(source)
     try:
-        try:
-            img = Image.open(fp, formats=SUPPORTED_FORMATS)
-        except UnidentifiedImageError:
-            raise ImageRejected("not an image (unrecognised format)") from None
-        except Exception:
-            raise ImageRejected("truncated or corrupt image") from None
+        img = _open_image(fp, max_pixels)
         with img:
-            width, height = img.size
-            if width <= 0 or height <= 0:
-                raise ImageRejected("truncated or corrupt image")
-            if width * height > max_pixels:
-                raise ImageRejected(f"image too large: {width * height} pixels (limit {max_pixels})")
-            if max_aspect_ratio is not None and max(width, height) > max_aspect_ratio * min(width, height):
-                raise ImageRejected(f"aspect ratio {width}:{height} exceeds limit {max_aspect_ratio:g}")
+            width, height = _checked_size(img, max_pixels, max_aspect_ratio)
             fmt = "JPEG" if img.format == "MPO" else (img.format or "UNKNOWN")
             exif = _safe_exif(img)
     finally:
@@ -237,9 +226,10 @@ def _open_source(source) -> tuple[BinaryIO, bool]:
     return source, False
 
 
-def _decode(fp: BinaryIO, max_pixels: int, min_side: int | None, max_aspect_ratio: float | None) -> DecodedImage:
+def _open_image(fp: BinaryIO, max_pixels: int) -> Image.Image:
+    """Parse the header only; an unreadable one is an ImageRejected."""
     try:
-        img = Image.open(fp, formats=SUPPORTED_FORMATS)  # parses the header only
+        return Image.open(fp, formats=SUPPORTED_FORMATS)
     except UnidentifiedImageError:
         raise ImageRejected("not an image (unrecognised format)") from None
     except (Image.DecompressionBombError, Image.DecompressionBombWarning) as exc:
@@ -247,17 +237,24 @@ def _decode(fp: BinaryIO, max_pixels: int, min_side: int | None, max_aspect_rati
     except Exception:
         raise ImageRejected("truncated or corrupt image") from None
 
+
+def _checked_size(img: Image.Image, max_pixels: int, max_aspect_ratio: float | None) -> tuple[int, int]:
+    """The header's size, once it is known to be within the limits."""
+    width, height = img.size
+    if width <= 0 or height <= 0:
+        raise ImageRejected("truncated or corrupt image")
+    if width * height > max_pixels:
+        raise ImageRejected(f"image too large: {width * height} pixels (limit {max_pixels})")
+    if max_aspect_ratio is not None and max(width, height) > max_aspect_ratio * min(width, height):
+        raise ImageRejected(f"aspect ratio {width}:{height} exceeds limit {max_aspect_ratio:g}")
+    return width, height
+
+
+def _decode(fp: BinaryIO, max_pixels: int, min_side: int | None, max_aspect_ratio: float | None) -> DecodedImage:
+    img = _open_image(fp, max_pixels)
     # `with`, not close(): close() would also close a caller's file object.
     with img:
-        width, height = img.size
-        if width <= 0 or height <= 0:
-            raise ImageRejected("truncated or corrupt image")
-        if width * height > max_pixels:
-            raise ImageRejected(
-                f"image too large: {width * height} pixels (limit {max_pixels})"
-            )
-        if max_aspect_ratio is not None and max(width, height) > max_aspect_ratio * min(width, height):
-            raise ImageRejected(f"aspect ratio {width}:{height} exceeds limit {max_aspect_ratio:g}")
+        width, height = _checked_size(img, max_pixels, max_aspect_ratio)
         # MPO (multi-picture, common from cameras/phones) is a JPEG whose
         # primary image is plain baseline JPEG: report it as such.
         fmt = "JPEG" if img.format == "MPO" else (img.format or "UNKNOWN")
