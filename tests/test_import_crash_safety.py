@@ -121,11 +121,7 @@ def test_worker_killed_mid_job_resumes_and_stores_every_image_exactly_once(worke
         wait_for(lambda: ImportJob.objects.get(pk=job.pk).state == ImportJob.State.DONE, timeout=180,
                  what="the restarted worker to finish the job", worker=second, log=log)
     finally:
-        second.send_signal(signal.SIGTERM)
-        try:
-            second.wait(timeout=15)
-        except subprocess.TimeoutExpired:
-            second.kill()
+        stop(second)
 
     job.refresh_from_db()
     assert (job.total, job.added, job.duplicates, job.failed) == (COUNT, COUNT, 0, 0)
@@ -150,3 +146,14 @@ def test_worker_killed_mid_job_resumes_and_stores_every_image_exactly_once(worke
     assert stored_files("images") == sorted(image.file.name for image in images)
     assert stored_files("thumbnails") == sorted(image.thumbnail.name for image in images)
     assert not default_storage.exists(job.payload_folder)
+
+
+def stop(worker: subprocess.Popen) -> None:
+    """SIGTERM, then SIGKILL if the worker has not exited within 15 s."""
+    if worker.poll() is None:
+        worker.send_signal(signal.SIGTERM)
+        try:
+            worker.wait(timeout=15)
+        except subprocess.TimeoutExpired:
+            worker.kill()
+            worker.wait()

@@ -24,6 +24,7 @@ from tests.test_import_crash_safety import (  # noqa: F401 - worker_settings is 
     COUNT,
     distinct_picture,
     start_worker,
+    stop,
     stored_files,
     worker_settings,
 )
@@ -52,16 +53,6 @@ def wait_for(predicate, *, timeout: float, what: str, workers: list[subprocess.P
                 pytest.fail(f"worker exited ({worker.returncode}) waiting for {what}:\n{log.read_text()[-4000:]}")
         time.sleep(0.05)
     pytest.fail(f"timed out waiting for {what}:\n" + "\n".join(log.read_text()[-3000:] for log in logs))
-
-
-def stop(worker: subprocess.Popen) -> None:
-    if worker.poll() is None:
-        worker.send_signal(signal.SIGTERM)
-        try:
-            worker.wait(timeout=15)
-        except subprocess.TimeoutExpired:
-            worker.kill()
-            worker.wait()
 
 
 @pytest.mark.slow
