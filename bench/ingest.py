@@ -51,6 +51,14 @@ def parse_args():
                         help="decode processes end to end (default: IMAGESEARCH_DECODE_WORKERS, 0 = sized to the machine)")
     parser.add_argument("--store-count", type=int, default=4000, help="synthetic rows for the store stage")
     parser.add_argument("--repeat", type=int, default=1, help="run each measure this many times, keep the best")
+    parser.add_argument("--store-connections", type=int, nargs="+", default=None,
+                        help="store stage and end to end with each of these numbers of connections storing side "
+                             "by side (default: IMAGESEARCH_STORE_CONNECTIONS)")
+    parser.add_argument("--sample", type=int, default=None,
+                        help="measure reading and decoding on this many of the photos (default all)")
+    parser.add_argument("--gpu-decode", choices=("auto", "off", "both"), default="auto",
+                        help="end to end with JPEGs decoded as IMAGESEARCH_GPU_JPEG_DECODE says (auto), only in "
+                             "decode processes (off), or both ways side by side (where the model is on CUDA)")
     return parser.parse_args()
 
 
@@ -145,7 +153,7 @@ def embed_rate(embedder, tensors: list, count: int) -> float:
     return count / (time.perf_counter() - started)
 
 
-def store_rates(embedder, count: int, batch_size: int) -> tuple[float, float, float]:
+def store_rates(embedder, count: int, batch_size: int, lanes: list[int]) -> tuple[dict, float, float]:
     """Rows and vectors of synthetic items, a batch per transaction, files aside: into the model's
     space (its HNSW index updated on every insert) and into a space without an index (what the
     rest costs). Then the files of a tenth of them (a 3 MB photo and a thumbnail each), written by
@@ -155,8 +163,10 @@ def store_rates(embedder, count: int, batch_size: int) -> tuple[float, float, fl
     import numpy as np
     from django.core.files.storage import default_storage
 
+    from catalog import spaces
     from catalog.imaging import ImageMetadata
     from catalog.ingest import pipeline
+    from catalog.ingest.lanes import StoreLanes
     from catalog.models import EmbeddingSpace, Image
 
     options = pipeline.IngestOptions(source=Image.Source.FOLDER)
@@ -173,18 +183,25 @@ def store_rates(embedder, count: int, batch_size: int) -> tuple[float, float, fl
                                           latitude=lat, longitude=lon)
         items.append(prepared)
 
-    def rows(space) -> float:
+    def store(start: int, space) -> None:
+        pairs = list(zip(items[start:start + batch_size], [[(space, v)] for v in vectors[start:start + batch_size]],
+                         strict=True))
+        outcomes = pipeline._store_batch(pairs, options=options, on_added=None, write_files=lambda batch: None)
+        assert all(o.status == "added" for o in outcomes), outcomes[:3]
+
+    def rows(space, connections: int = 1) -> float:
         _empty_collection(default_storage, Image)
         started = time.perf_counter()
-        for start in range(0, count, batch_size):
-            pairs = list(zip(items[start:start + batch_size], vectors[start:start + batch_size], strict=True))
-            outcomes = pipeline._store_batch(pairs, space=space, options=options, on_added=None,
-                                             write_files=lambda batch: None)
-            assert all(o.status == "added" for o in outcomes), outcomes[:3]
+        with StoreLanes(connections) as lanes:
+            for start in range(0, count, batch_size):
+                lanes.submit(store, start, space)
         return count / (time.perf_counter() - started)
 
-    indexed = rows(EmbeddingSpace.objects.ensure(name=embedder.space_name, dimensions=embedder.dimensions))
-    bare, _ = EmbeddingSpace.objects.get_or_create(name="bench: no index", dimensions=embedder.dimensions)
+    space = spaces.ensure_space(config=embedder.config, dimensions=embedder.dimensions,
+                                state=EmbeddingSpace.State.RETIRED)
+    indexed = {n: rows(space, n) for n in lanes}
+    bare, _ = EmbeddingSpace.objects.get_or_create(name="bench: no index", dimensions=embedder.dimensions,
+                                                   defaults={"state": EmbeddingSpace.State.RETIRED})
     unindexed = rows(bare)
     with_files = items[:count // 10]
     with ThreadPoolExecutor(max_workers=pipeline.FILE_WRITERS) as writers:
@@ -197,8 +214,9 @@ def store_rates(embedder, count: int, batch_size: int) -> tuple[float, float, fl
     return indexed, unindexed, files
 
 
-def pipeline_rate(embedder, paths: list[Path], decode_workers: int | None) -> float:
-    """Our import, end to end, into an empty collection."""
+def pipeline_rate(embedder, paths: list[Path], decode_workers: int | None, connections: int) -> tuple[float, float]:
+    """Our import, end to end, into an empty collection: the rate over the whole run, and the
+    steady rate (after the first batch is stored: without filling and starting the pipeline)."""
     from django.core.files.storage import default_storage
 
     from catalog.ingest.pipeline import IngestOptions, ingest_items
@@ -206,13 +224,18 @@ def pipeline_rate(embedder, paths: list[Path], decode_workers: int | None) -> fl
     from catalog.models import Image
 
     _empty_collection(default_storage, Image)
+    times: list[float] = []
     started = time.perf_counter()
     report = ingest_items(path_items(paths, root=paths[0].parent), options=IngestOptions(source=Image.Source.FOLDER),
-                          embedder=embedder, decode_workers=decode_workers)
+                          embedder=embedder, decode_workers=decode_workers, store_connections=connections,
+                          on_outcome=lambda outcome: times.append(time.perf_counter()))
     elapsed = time.perf_counter() - started
     if report.failed or report.added != len(paths):
         raise SystemExit(f"import went wrong: added {report.added}, failed {report.failed[:3]}")
-    return len(paths) / elapsed
+    times.sort()
+    first = embedder.config.batch_size
+    steady = (len(times) - first) / (times[-1] - times[first - 1]) if len(times) > 2 * first else float("nan")
+    return len(paths) / elapsed, steady
 
 
 def _empty_collection(storage, Image) -> None:
@@ -255,12 +278,13 @@ def main() -> None:
     geocode.city_at(0.0, 0.0)  # load the city table once (per process, not per image)
     spec = pipeline.decode_spec(embedder)
 
+    staged = paths[:args.sample] if args.sample else paths
     rates = {}
-    rates["read + SHA-256 (1 thread)"] = best(lambda: read_hash_rate(paths), args.repeat)
+    rates["read + SHA-256 (1 thread)"] = best(lambda: read_hash_rate(staged), args.repeat)
     print(f"  read + SHA-256: {rates['read + SHA-256 (1 thread)']:.1f}", flush=True)
     decode = {}
     for n in sorted({1, 2, workers}):
-        decode[n] = best(lambda n=n: decode_rate(paths, spec, n), args.repeat)
+        decode[n] = best(lambda n=n: decode_rate(staged, spec, n), args.repeat)
         print(f"  decode + preprocess, {n} process(es): {decode[n]:.1f}", flush=True)
     rates[f"decode + preprocess ({workers} process(es))"] = decode[workers]
     sample = [decoding.decode(str(p), spec).pixels for p in paths[:16]]
@@ -268,10 +292,27 @@ def main() -> None:
     rates[f"embed, the model alone (batch {batch})"] = best(
         lambda: embed_rate(embedder, tensors, max(4 * batch, 128)), args.repeat)
     print(f"  embed: {rates[f'embed, the model alone (batch {batch})']:.1f}", flush=True)
-    rows, unindexed, files = store_rates(embedder, args.store_count, batch)
-    rates[f"store rows + vectors (batch {batch}, files aside)"] = rows
-    print(f"  store rows: {rows:.1f} ({unindexed:.1f} without the HNSW index); files: {files:.1f}", flush=True)
-    end_to_end = best(lambda: pipeline_rate(embedder, paths, workers), args.repeat)
+    lanes = args.store_connections or [settings.INGEST_STORE_CONNECTIONS]
+    stored, unindexed, files = store_rates(embedder, args.store_count, batch, lanes)
+    for n, rate in stored.items():
+        print(f"  store rows, {n} connection(s): {rate:.1f}", flush=True)
+    print(f"  store rows without the HNSW index, 1 connection: {unindexed:.1f}; files: {files:.1f}", flush=True)
+    rows = stored[lanes[0]]
+    rates[f"store rows + vectors (batch {batch}, files aside, {lanes[0]} connection(s))"] = rows
+    from catalog.ingest import gpu_decoding
+
+    on_gpu = device.startswith("cuda") and gpu_decoding.available()
+    modes = {"auto": [on_gpu and settings.INGEST_GPU_JPEG_DECODE], "off": [False],
+             "both": [True, False] if on_gpu else [False]}[args.gpu_decode]
+    ends, steady = {}, {}
+    for gpu in modes:
+        for n in lanes if not gpu else lanes[:1]:
+            settings.INGEST_GPU_JPEG_DECODE = gpu  # the pipeline reads it once per import
+            ends[gpu, n], steady[gpu, n] = max(pipeline_rate(embedder, paths, workers, n) for _ in range(args.repeat))
+            print(f"  end to end, JPEGs decoded {'on the GPU' if gpu else 'in decode processes'}, {n} store "
+                  f"connection(s): {ends[gpu, n]:.1f} (steady, after the first batch: {steady[gpu, n]:.1f})",
+                  flush=True)
+    end_to_end = ends[modes[0], lanes[0]]
     print(f"load average after: {_load()}")
     print()
     print(f"{'stage':60}{'images/s':>10}")
@@ -279,7 +320,12 @@ def main() -> None:
         print(f"{name:60}{rate:10.1f}")
     print(f"{'  (the same rows into a space without an HNSW index)':60}{unindexed:10.1f}")
     print(f"{'  (write files: photo + thumbnail, 4 threads; beside the rows)':60}{files:10.1f}")
-    print(f"{'end to end: ingest_items':60}{end_to_end:10.1f}")
+    for n, rate in list(stored.items())[1:]:
+        print(f"{f'  (store rows + vectors, {n} connections)':60}{rate:10.1f}")
+    for (gpu, n), rate in ends.items():
+        label = f"end to end: ingest_items, {n} store conn." + (", JPEGs on the GPU" if gpu else "")
+        print(f"{label:60}{rate:10.1f}")
+        print(f"{'  (the same, steady: after the first batch is stored)':60}{steady[gpu, n]:10.1f}")
     print()
     slowest = min(rates, key=rates.get)
     print(f"decode scaling 1 -> 2 processes: {decode[2] / decode[1]:.2f}x (target >= 1.8)")

@@ -41,6 +41,7 @@ from django.db import connection, transaction  # noqa: E402
 
 from catalog.embedder import get_embedder  # noqa: E402
 from catalog.models import Embedding, EmbeddingSpace  # noqa: E402
+from catalog.spaces import activate, ensure_space  # noqa: E402
 
 SOURCE_SPACE = "bench/clustered-100000-seed0-512d"  # filled by bench/search_db.py (--rows 100000)
 QUERIES = ["snow-covered peaks in the sun", "一只毛茸茸的小狗在草地上奔跑", "a red car parked by the sea",
@@ -51,7 +52,9 @@ def prepare_space() -> int:
     """Give the API's model space the bench vectors (copied once, then reused)."""
     embedder = get_embedder()
     source = EmbeddingSpace.objects.get(name=SOURCE_SPACE)
-    target = EmbeddingSpace.objects.ensure(name=embedder.space_name, dimensions=embedder.dimensions)
+    target = ensure_space(config=embedder.config, dimensions=embedder.dimensions)
+    if target.state != EmbeddingSpace.State.ACTIVE:
+        activate(name=target.name, force=True)  # searches read the active space (catalog/spaces.py)
     rows = Embedding.objects.filter(space=source).count()
     if Embedding.objects.filter(space=target).count() != rows:
         print(f"copying {rows:,} vectors into {target.name} (one time) ...", flush=True)

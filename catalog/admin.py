@@ -1,12 +1,24 @@
+import json
+
 from django.contrib import admin, messages
+from django.core.exceptions import PermissionDenied
 from django.db.models import Case, FloatField, Value, When
-from django.utils.html import format_html
+from django.shortcuts import redirect
+from django.template.defaultfilters import filesizeformat
+from django.template.response import TemplateResponse
+from django.urls import reverse
+from django.utils.html import format_html, format_html_join
+from django.utils.text import format_lazy
+from django.utils.translation import gettext, gettext_lazy as _, ngettext
+from knox.admin import AuthTokenAdmin
+from knox.models import AuthToken
 
+from catalog.accounts.access import RETRY_PERMISSION
+from catalog.accounts.throttling import throttled_page
 from catalog.embedder import EmbedderUnavailable
+from catalog.jobs import requests as import_jobs
+from catalog.models import Embedding, EmbeddingSpace, EvaluationRun, Image, ImportJob
 from catalog.search import SearchError, SearchParams, images_search
-
-from catalog.models import Embedding, EmbeddingSpace, Image
-
 
 SEMANTIC_PREFIX = "~"
 ADMIN_SEMANTIC_TOP_K = 100
@@ -19,8 +31,8 @@ class ImageAdmin(admin.ModelAdmin):
     list_display_links = ["preview", "original_name"]
     list_filter = ["status", "source", "city"]
     search_fields = ["original_name", "=sha256", "group_key"]
-    search_help_text = (f'Name, SHA-256 or group key. Start with "{SEMANTIC_PREFIX}" to search by description '
-                        f'(e.g. "{SEMANTIC_PREFIX} red car at night"), best matches first.')
+    search_help_text = format_lazy(_('Name, SHA-256 or group key. Start with "{prefix}" to search by description '
+                                     '(e.g. "{prefix} red car at night"), best matches first.'), prefix=SEMANTIC_PREFIX)
     # Files are content-addressed and written by the import pipeline only (Import jobs → Add).
     readonly_fields = ["preview_large", "file", "thumbnail", "sha256", "width", "height", "taken_at", "latitude",
                        "longitude", "source", "source_ref", "added_by", "created_at", "status", "status_reason"]
@@ -34,12 +46,12 @@ class ImageAdmin(admin.ModelAdmin):
     def has_add_permission(self, request):
         return False
 
-    @admin.display(description="Preview")
+    @admin.display(description=_("Preview"))
     def preview(self, image: Image):
         return format_html('<img src="{}" alt="" style="height:64px;max-width:96px;object-fit:cover">',
                            image.thumbnail_url)
 
-    @admin.display(description="Preview")
+    @admin.display(description=_("Preview"))
     def preview_large(self, image: Image):
         return format_html('<img src="{}" alt="" style="max-height:320px">', image.thumbnail_url)
 
@@ -75,11 +87,96 @@ def _semantic_text(request) -> str | None:
 
 @admin.register(EmbeddingSpace)
 class EmbeddingSpaceAdmin(admin.ModelAdmin):
-    list_display = ["name", "dimensions", "created_at"]
-    readonly_fields = ["name", "dimensions", "created_at"]
+    """The model lifecycle (catalog/spaces.py): each space's coverage is its build's progress; the
+    actions switch searches to a space, resume its build, or drop it (``manage.py models`` alike)."""
+
+    list_display = ["name", "model", "dimensions", "vectors", "coverage", "index_size", "state", "error",
+                    "activated_at", "created_at"]
+    list_filter = ["state"]
+    readonly_fields = ["name", "model", "dimensions", "vectors", "coverage", "index_size", "state", "error",
+                       "architecture", "pretrained", "weights_file", "random_init", "activated_at", "created_at"]
+    fields = readonly_fields
+    actions = ["activate", "resume_build", "drop"]
 
     def has_add_permission(self, request):
         return False
+
+    def has_delete_permission(self, request, obj=None):
+        return False  # the "drop" action removes a space with its vectors and index
+
+    def _status(self, space: EmbeddingSpace):
+        from catalog import spaces
+
+        cache = getattr(self, "_statuses", None)
+        if cache is None or cache[0] is not space:
+            self._statuses = cache = (space, spaces.space_status(space))
+        return cache[1]
+
+    @admin.display(description=_("Model"))
+    def model(self, space: EmbeddingSpace) -> str:
+        from catalog.spaces import model_label
+
+        return model_label(space)
+
+    @admin.display(description=_("Vectors"))
+    def vectors(self, space: EmbeddingSpace) -> int:
+        return self._status(space).vectors
+
+    @admin.display(description=_("Coverage"))
+    def coverage(self, space: EmbeddingSpace) -> str:
+        status = self._status(space)
+        return f"{status.coverage:.1f}% ({status.missing} missing)" if status.missing else f"{status.coverage:.1f}%"
+
+    @admin.display(description=_("Index size"))
+    def index_size(self, space: EmbeddingSpace) -> str:
+        size = self._status(space).index_bytes
+        return "-" if size is None else filesizeformat(size)
+
+    @admin.action(description=_("Serve searches from the selected space (needs 100%% coverage)"),
+                  permissions=["change"])
+    def activate(self, request, queryset):
+        from catalog import spaces
+
+        if queryset.count() != 1:
+            self.message_user(request, gettext("Select exactly one space to activate."), messages.ERROR)
+            return
+        try:
+            activation = spaces.activate(name=queryset.get().name)
+        except spaces.SpaceError as error:
+            self.message_user(request, str(error), messages.ERROR)
+            return
+        from catalog.jobs import builds, tasks
+
+        builds.after_switch(activation.space.pk, enqueue=tasks.enqueue_build)
+        self.message_user(request, gettext("Searches now use %(name)s.") % {"name": activation.space.name},
+                          messages.SUCCESS)
+
+    @admin.action(description=_("Build the selected spaces (resume; embeds missing images)"), permissions=["change"])
+    def resume_build(self, request, queryset):
+        from catalog.jobs import builds, tasks
+
+        for space in queryset:
+            try:
+                builds.start_build(architecture=space.architecture, pretrained=space.pretrained,
+                                   weights_file=space.weights_file or None, enqueue=tasks.enqueue_build)
+            except (EmbedderUnavailable, ValueError) as error:
+                self.message_user(request, f"{space.name}: {error}", messages.ERROR)
+            else:
+                self.message_user(request, gettext("%(name)s is building.") % {"name": space.name}, messages.SUCCESS)
+
+    @admin.action(description=_("Drop the selected spaces (vectors and index; never the active one)"),
+                  permissions=["delete"])
+    def drop(self, request, queryset):
+        from catalog import spaces
+
+        for name in queryset.values_list("name", flat=True):
+            try:
+                removed = spaces.drop(name=name)
+            except spaces.SpaceError as error:
+                self.message_user(request, str(error), messages.ERROR)
+            else:
+                self.message_user(request, gettext("Dropped %(name)s (%(count)d vectors).")
+                                  % {"name": name, "count": removed}, messages.SUCCESS)
 
 
 @admin.register(Embedding)
@@ -99,17 +196,7 @@ class EmbeddingAdmin(admin.ModelAdmin):
 
 
 # --- Import jobs ----------------------------------------------------------------------------------
-from django.contrib import messages  # noqa: E402
-from django.core.exceptions import PermissionDenied  # noqa: E402
-from django.shortcuts import redirect  # noqa: E402
-from django.template.response import TemplateResponse  # noqa: E402
-from django.urls import reverse  # noqa: E402
-from django.utils.html import format_html_join  # noqa: E402
 
-from catalog.accounts.access import RETRY_PERMISSION  # noqa: E402
-from catalog.accounts.throttling import throttled_page  # noqa: E402
-from catalog.jobs import requests as import_jobs  # noqa: E402
-from catalog.models import ImportJob  # noqa: E402
 
 ADMIN_ERRORS_SHOWN = 200
 
@@ -131,16 +218,16 @@ class ImportJobAdmin(admin.ModelAdmin):
     fields = readonly_fields
     actions = ["retry"]
 
-    @admin.display(description="Progress")
+    @admin.display(description=_("Progress"))
     def progress(self, job: ImportJob) -> str:
         return f"{job.done} / {job.total}"
 
-    @admin.display(description="Import page")
+    @admin.display(description=_("Import page"))
     def page_link(self, job: ImportJob):
         url = reverse("catalog:import-detail", args=[job.pk])
         return format_html('<a href="{}">{}</a>', url, url)
 
-    @admin.display(description="Per-item errors")
+    @admin.display(description=_("Per-item errors"))
     def item_errors(self, job: ImportJob):
         errors = import_jobs.job_errors(job, limit=ADMIN_ERRORS_SHOWN)
         if not errors:
@@ -148,10 +235,11 @@ class ImportJobAdmin(admin.ModelAdmin):
         return format_html("<ul>{}</ul>", format_html_join(
             "", "<li>{} ({}): {}</li>", ((e["item"], e["source"], e["message"]) for e in errors)))
 
-    @admin.action(description="Retry selected failed imports", permissions=["retry"])
+    @admin.action(description=_("Retry selected failed imports"), permissions=["retry"])
     def retry(self, request, queryset):
         retried = sum(import_jobs.retry_job(job_id) for job_id in queryset.values_list("pk", flat=True))
-        self.message_user(request, f"{retried} import(s) queued again.")
+        self.message_user(request, ngettext("%(count)d import queued again.", "%(count)d imports queued again.",
+                                            retried) % {"count": retried})
 
     def has_change_permission(self, request, obj=None):
         return False  # jobs are changed by their worker only
@@ -173,16 +261,15 @@ class ImportJobAdmin(admin.ModelAdmin):
         form = ImportForm(request.POST, request.FILES) if request.method == "POST" else ImportForm()
         if request.method == "POST" and form.is_valid():
             job = form.create_job(ImportJob.Via.ADMIN, created_by=request.user)
-            self.message_user(request, "Import queued; the background worker is processing it.", messages.SUCCESS)
+            self.message_user(request, gettext("Import queued; the background worker is processing it."),
+                              messages.SUCCESS)
             return redirect("admin:catalog_importjob_change", job.pk)
-        context = {**self.admin_site.each_context(request), "title": "Start an import", "form": form,
+        context = {**self.admin_site.each_context(request), "title": gettext("Start an import"), "form": form,
                    "opts": self.model._meta, **(extra_context or {})}
         return TemplateResponse(request, "catalog/imports/admin_add.html", context)
 
 
 # --- API tokens -----------------------------------------------------------------------------------
-from knox.admin import AuthTokenAdmin  # noqa: E402
-from knox.models import AuthToken  # noqa: E402
 
 admin.site.unregister(AuthToken)
 
@@ -205,5 +292,81 @@ class ApiTokenAdmin(AuthTokenAdmin):
     def save_model(self, request, obj, form, change):
         super(AuthTokenAdmin, self).save_model(request, obj, form, change)
         if not change:
-            self.message_user(request, f"New API token for {obj.user} (copy it now, it is not shown again): "
-                                       f"{form.token}", messages.WARNING)
+            self.message_user(request, gettext("New API token for %(user)s (copy it now, it is not shown again): "
+                                               "%(token)s") % {"user": obj.user, "token": form.token},
+                              messages.WARNING)
+
+
+# --- Evaluations (manage.py evaluate) -------------------------------------------------------------
+
+
+
+
+class EvaluationShownFilter(admin.SimpleListFilter):
+    """By default each space's latest run only: what the model measures now."""
+
+    title = _("runs")
+    parameter_name = "runs"
+
+    def lookups(self, request, model_admin):
+        return [("all", _("All runs"))]
+
+    def queryset(self, request, queryset):
+        if self.value() == "all":
+            return queryset
+        latest = (EvaluationRun.objects.order_by("space_name", "-created_at", "-id")
+                  .distinct("space_name").values("pk"))
+        return queryset.filter(pk__in=latest)
+
+
+@admin.register(EvaluationRun)
+class EvaluationRunAdmin(admin.ModelAdmin):
+    """Read-only: runs are written by ``manage.py evaluate`` only."""
+
+    list_display = ["space_name", "created_at", "pictures", "zero_shot_top1", "text_to_image_recall_1",
+                    "near_duplicate_recall_1", "near_duplicate_threshold"]
+    list_filter = [EvaluationShownFilter, "space_name"]
+    search_fields = ["space_name"]
+    fields = ["space_name", "created_at", "results_table"]
+    readonly_fields = fields
+
+    def has_add_permission(self, request):
+        return False
+
+    def has_change_permission(self, request, obj=None):
+        return False
+
+    @staticmethod
+    def _metric(run: EvaluationRun, name: str):
+        value = (run.results.get("metrics") or {}).get(name)
+        return "-" if value is None else f"{value:.3f}"
+
+    @admin.display(description=_("pictures"))
+    def pictures(self, run: EvaluationRun):
+        return (run.results.get("dataset") or {}).get("pictures", "-")
+
+    @admin.display(description=_("zero-shot top-1"))
+    def zero_shot_top1(self, run: EvaluationRun):
+        return self._metric(run, "zero_shot_top1")
+
+    @admin.display(description=_("text-to-image recall@1"))
+    def text_to_image_recall_1(self, run: EvaluationRun):
+        return self._metric(run, "text_to_image_recall@1")
+
+    @admin.display(description=_("near-duplicate recall@1"))
+    def near_duplicate_recall_1(self, run: EvaluationRun):
+        return self._metric(run, "near_duplicate_recall@1")
+
+    @admin.display(description=_("min_score for 90% precision"))
+    def near_duplicate_threshold(self, run: EvaluationRun):
+        return self._metric(run, "near_duplicate_threshold_p90")
+
+    @admin.display(description=_("results"))
+    def results_table(self, run: EvaluationRun):
+        from catalog.evaluation import format_table
+
+        try:
+            text = format_table([run.results])
+        except (KeyError, TypeError, AttributeError):  # written by another version: show it raw
+            text = json.dumps(run.results, indent=2, ensure_ascii=False)
+        return format_html("<pre>{}</pre>", text)

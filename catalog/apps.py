@@ -1,7 +1,8 @@
 from django.apps import AppConfig
+from django.utils.translation import gettext_lazy as _
 
 
 class CatalogConfig(AppConfig):
     name = "catalog"
-    verbose_name = "Image catalog"
+    verbose_name = _("Image catalog")
     default_auto_field = "django.db.models.BigAutoField"

@@ -12,6 +12,7 @@ from __future__ import annotations
 import logging
 import tempfile
 import threading
+from collections import OrderedDict
 from collections.abc import Sequence
 from dataclasses import dataclass
 from pathlib import Path
@@ -53,6 +54,18 @@ class EmbedderConfig:
                    weights_file=settings.CLIP_WEIGHTS_FILE, device=settings.CLIP_DEVICE,
                    batch_size=settings.CLIP_BATCH_SIZE, random_init=settings.CLIP_RANDOM_INIT,
                    runtime=settings.CLIP_RUNTIME, cache_dir=settings.DATA_DIR / "models")
+
+    @classmethod
+    def for_space(cls, space) -> "EmbedderConfig":
+        """The configuration that builds ``space``'s model (an EmbeddingSpace); device, batch size
+        and runtime are this machine's settings."""
+        if not space.has_model:
+            raise EmbedderUnavailable(f"Embedding space {space.name!r} records no model; it cannot embed.")
+        base = cls.from_settings()
+        return cls(model=space.architecture, pretrained=space.pretrained or None,
+                   weights_file=Path(space.weights_file) if space.weights_file else None, device=base.device,
+                   batch_size=base.batch_size, random_init=space.random_init, runtime=base.runtime,
+                   cache_dir=base.cache_dir)
 
     @property
     def space_name(self) -> str:
@@ -231,15 +244,28 @@ class ClipEmbedder:
 
 _RESAMPLE = {"bicubic": "BICUBIC", "bilinear": "BILINEAR", "nearest": "NEAREST", "lanczos": "LANCZOS"}
 
-_embedder: ClipEmbedder | None = None
+# Models kept loaded per process, most recently used last: while a space builds, a process embeds
+# into two (the active one and the new one); a third evicts the least recently used.
+MAX_LOADED_MODELS = 2
+_embedders: OrderedDict[EmbedderConfig, ClipEmbedder] = OrderedDict()
 _embedder_lock = threading.Lock()
 
 
-def get_embedder() -> ClipEmbedder:
-    """The process-wide embedder for the configured model (loaded on first use)."""
-    global _embedder
-    config = EmbedderConfig.from_settings()
+def get_embedder(config: EmbedderConfig | None = None) -> ClipEmbedder:
+    """The process-wide embedder for ``config`` (default: the configured model), loaded on first
+    use; ``EmbedderConfig.for_space(space)`` gives a space's."""
+    config = config or EmbedderConfig.from_settings()
     with _embedder_lock:
-        if _embedder is None or _embedder.config != config:
-            _embedder = ClipEmbedder(config)
-        return _embedder.load()
+        embedder = _embedders.pop(config, None) or ClipEmbedder(config)
+        _embedders[config] = embedder
+        while len(_embedders) > MAX_LOADED_MODELS:
+            _embedders.popitem(last=False)
+    # Loaded outside the cache's lock: one model loading never blocks searches on another.
+    return embedder.load()
+
+
+def is_loaded(config: EmbedderConfig) -> bool:
+    """Whether this process holds ``config``'s model loaded (a peek: never loads it)."""
+    with _embedder_lock:
+        embedder = _embedders.get(config)
+    return embedder is not None and embedder._loaded

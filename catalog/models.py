@@ -13,6 +13,8 @@ from django.db import connection, models, transaction
 from django.db.models import Q
 from django.db.models.lookups import GreaterThan, LessThan
 from django.db.models.functions import Cast
+from django.utils import timezone as dj_timezone
+from django.utils.translation import gettext_lazy as _
 from pgvector.django import HalfVectorField, HnswIndex
 
 SHA256_HEX_LENGTH = 64
@@ -23,18 +25,26 @@ TAKEN_AT_MAX = datetime(9999, 12, 31, 23, 59, 59, tzinfo=dt_timezone.utc)
 
 
 class EmbeddingSpaceQuerySet(models.QuerySet):
-    def ensure(self, *, name: str, dimensions: int) -> "EmbeddingSpace":
-        """Return the space called ``name``, creating it and its HNSW index on first use."""
+    def ensure(self, *, name: str, dimensions: int, **defaults) -> "EmbeddingSpace":
+        """Return the space called ``name``, creating it (with ``defaults``) and its HNSW index on first use."""
         space = self.filter(name=name).first()
+        # Outside a transaction the index is built CONCURRENTLY: a plain CREATE INDEX scans the
+        # whole embedding table holding a lock that stops every import meanwhile.
+        concurrently = not connection.in_atomic_block
         if space is None:
             with transaction.atomic():
-                space, created = self.get_or_create(name=name, defaults={"dimensions": dimensions})
-                if created:
+                space, created = self.get_or_create(name=name, defaults={"dimensions": dimensions, **defaults})
+                if created and not concurrently:
                     # Deferred foreign-key checks still pending in the caller's transaction would
                     # make CREATE INDEX fail ("pending trigger events"): run them now.
                     connection.check_constraints()
                     with connection.schema_editor() as editor:
                         editor.add_index(Embedding, space.hnsw_index())
+        if concurrently and not space.index_exists():  # new, or made by a process that died before its index
+            # IF NOT EXISTS: of two processes that get here together, the second does not build it again.
+            with connection.schema_editor(atomic=False) as editor:
+                sql = str(space.hnsw_index().create_sql(Embedding, editor, concurrently=True))
+                editor.execute(sql.replace("CREATE INDEX CONCURRENTLY", "CREATE INDEX CONCURRENTLY IF NOT EXISTS", 1))
         if space.dimensions != dimensions:
             raise ValueError(f"embedding space {name!r} holds {space.dimensions}-d vectors, "
                              f"the model produces {dimensions}-d")
@@ -48,7 +58,17 @@ class EmbeddingSpace(models.Model):
     second model be back-filled while the first keeps serving searches. Each
     space has its own partial HNSW index over ``vector::halfvec(dimensions)``,
     because pgvector can only index a column of fixed dimension.
+
+    Lifecycle (catalog/spaces.py, ``manage.py models``): a space is *building* while its vectors
+    are back-filled (new imports are embedded into it too), *active* while it serves searches (at
+    most one, a partial unique index), *retired* after another one took over. The model identity
+    (architecture, pretrained tag or weights file) lets any process build the space's model.
     """
+
+    class State(models.TextChoices):
+        BUILDING = "building", _("Building")
+        ACTIVE = "active", _("Active")
+        RETIRED = "retired", _("Retired")
 
     # Graph parameters from bench/search_db.py --sweep on clustered data (bench/README.md).
     HNSW_M = 16
@@ -57,11 +77,46 @@ class EmbeddingSpace(models.Model):
     name = models.CharField(max_length=255, unique=True)
     dimensions = models.PositiveSmallIntegerField(validators=[MinValueValidator(1), MaxValueValidator(16000)])
     created_at = models.DateTimeField(auto_now_add=True)
+    # Spaces made outside the lifecycle (benchmarks, tests) serve nothing and receive nothing.
+    state = models.CharField(max_length=16, choices=State.choices, default=State.RETIRED)
+    # The model identity; an empty architecture: a space no process can build a model for.
+    architecture = models.CharField(max_length=255, blank=True, help_text=_("open_clip architecture."))
+    pretrained = models.CharField(max_length=255, blank=True, help_text=_("open_clip pretrained tag."))
+    weights_file = models.CharField(max_length=1000, blank=True,
+                                    help_text=_("Local weights file (takes precedence over the tag)."))
+    random_init = models.BooleanField(default=False, help_text=_("Random weights (tests only)."))
+    error = models.TextField(blank=True, help_text=_("Why the last build run stopped, if it failed."))
+    activated_at = models.DateTimeField(null=True, blank=True)
 
     objects = EmbeddingSpaceQuerySet.as_manager()
 
+    class Meta:
+        verbose_name = _("embedding space")
+        verbose_name_plural = _("embedding spaces")
+        constraints = [
+            # Searches read "the active space": there is never more than one.
+            models.UniqueConstraint(fields=["state"], condition=Q(state="active"), name="one_active_space"),
+        ]
+
     def __str__(self) -> str:
         return f"{self.name} ({self.dimensions}-d)"
+
+    @property
+    def has_model(self) -> bool:
+        return bool(self.architecture)
+
+    def index_exists(self) -> bool:
+        """Whether its HNSW index exists, valid or not (a catalog lookup: no lock is taken)."""
+        with connection.cursor() as cursor:
+            cursor.execute("SELECT to_regclass(%s) IS NOT NULL", [self.index_name])
+            return cursor.fetchone()[0]
+
+    def has_index(self) -> bool:
+        """Whether its HNSW index exists and is valid (a CONCURRENTLY build cut short leaves an invalid one)."""
+        with connection.cursor() as cursor:
+            cursor.execute("SELECT indisvalid FROM pg_index WHERE indexrelid = to_regclass(%s)", [self.index_name])
+            row = cursor.fetchone()
+        return bool(row and row[0])
 
     @property
     def index_name(self) -> str:
@@ -89,44 +144,48 @@ class ImageQuerySet(models.QuerySet):
 
 class Image(models.Model):
     class Status(models.TextChoices):
-        PENDING = "pending", "Pending"
-        EMBEDDED = "embedded", "Embedded"
-        FAILED = "failed", "Failed"
+        PENDING = "pending", _("Pending")
+        EMBEDDED = "embedded", _("Embedded")
+        FAILED = "failed", _("Failed")
 
     class Source(models.TextChoices):
-        UPLOAD = "upload", "Upload"
-        URL = "url", "URL"
-        ARCHIVE = "archive", "Archive"
-        FOLDER = "folder", "Folder"
-        SAMPLE = "sample", "Sample data"
+        UPLOAD = "upload", _("Upload")
+        URL = "url", _("URL")
+        ARCHIVE = "archive", _("Archive")
+        FOLDER = "folder", _("Folder")
+        SAMPLE = "sample", _("Sample data")
 
-    file = models.FileField(upload_to="images/", max_length=255)
-    thumbnail = models.FileField(upload_to="thumbnails/", max_length=255, blank=True)
-    sha256 = models.CharField("SHA-256", max_length=SHA256_HEX_LENGTH, unique=True, editable=False)
-    original_name = models.CharField(max_length=255, blank=True)
+    file = models.FileField(_("file"), upload_to="images/", max_length=255)
+    thumbnail = models.FileField(_("thumbnail"), upload_to="thumbnails/", max_length=255, blank=True)
+    sha256 = models.CharField(_("SHA-256"), max_length=SHA256_HEX_LENGTH, unique=True, editable=False)
+    original_name = models.CharField(_("original name"), max_length=255, blank=True)
     # Indexed: size ranges are common search filters, and an unindexed one reads every row.
-    width = models.PositiveIntegerField(db_index=True)
-    height = models.PositiveIntegerField(db_index=True)
-    city = models.CharField(max_length=120, blank=True, db_index=True)
+    width = models.PositiveIntegerField(_("width"), db_index=True)
+    height = models.PositiveIntegerField(_("height"), db_index=True)
+    city = models.CharField(_("city"), max_length=120, blank=True, db_index=True)
     # Several pictures of one thing (e.g. a product id); searches can collapse on it.
-    group_key = models.CharField(max_length=120, blank=True, db_index=True)
-    taken_at = models.DateTimeField(null=True, blank=True, db_index=True)
-    latitude = models.FloatField(null=True, blank=True,
+    group_key = models.CharField(_("group key"), max_length=120, blank=True, db_index=True)
+    taken_at = models.DateTimeField(_("taken at"), null=True, blank=True, db_index=True)
+    latitude = models.FloatField(_("latitude"), null=True, blank=True,
                                  validators=[MinValueValidator(-90), MaxValueValidator(90)])
-    longitude = models.FloatField(null=True, blank=True,
+    longitude = models.FloatField(_("longitude"), null=True, blank=True,
                                   validators=[MinValueValidator(-180), MaxValueValidator(180)])
-    source = models.CharField(max_length=16, choices=Source.choices)
-    source_ref = models.CharField("source detail", max_length=1000, blank=True,
-                                  help_text="Path, URL or archive member the image came from.")
-    created_at = models.DateTimeField(auto_now_add=True, db_index=True)
-    status = models.CharField(max_length=16, choices=Status.choices, default=Status.PENDING, db_index=True)
-    status_reason = models.TextField(blank=True)
+    source = models.CharField(_("source"), max_length=16, choices=Source.choices)
+    source_ref = models.CharField(_("source detail"), max_length=1000, blank=True,
+                                  help_text=_("Path, URL or archive member the image came from."))
+    created_at = models.DateTimeField(_("created at"), auto_now_add=True, db_index=True)
+    status = models.CharField(_("status"), max_length=16, choices=Status.choices, default=Status.PENDING,
+                              db_index=True)
+    status_reason = models.TextField(_("status reason"), blank=True)
     added_by = models.ForeignKey(settings.AUTH_USER_MODEL, on_delete=models.SET_NULL, null=True, blank=True,
-                                 related_name="+", help_text="Who imported it (empty: a command-line import).")
+                                 verbose_name=_("added by"), related_name="+",
+                                 help_text=_("Who imported it (empty: a command-line import)."))
 
     objects = ImageQuerySet.as_manager()
 
     class Meta:
+        verbose_name = _("image")
+        verbose_name_plural = _("images")
         ordering = ["-created_at", "-id"]
         constraints = [
             models.CheckConstraint(condition=Q(width__gt=0) & Q(height__gt=0), name="image_positive_size"),
@@ -195,6 +254,8 @@ class Embedding(models.Model):
         output_field=models.SmallIntegerField(choices=Orientation.choices), db_persist=True)
 
     class Meta:
+        verbose_name = _("embedding")
+        verbose_name_plural = _("embeddings")
         constraints = [
             models.UniqueConstraint(fields=["space", "image"], name="one_embedding_per_space"),
             # Unit vectors make the inner product the cosine similarity, so the index uses the plain
@@ -225,49 +286,62 @@ class ImportJobQuerySet(models.QuerySet):
         return self.filter(state__in=[ImportJob.State.QUEUED, ImportJob.State.RUNNING])
 
     def finished(self):
-        return self.filter(state__in=[ImportJob.State.DONE, ImportJob.State.FAILED])
+        return self.filter(state__in=[ImportJob.State.DONE, ImportJob.State.FAILED, ImportJob.State.CANCELLED])
 
 
 class ImportJob(models.Model):
     class State(models.TextChoices):
-        QUEUED = "queued", "Queued"
-        RUNNING = "running", "Running"
-        DONE = "done", "Done"  # every item is added, a duplicate or failed
-        FAILED = "failed", "Failed"  # the job as a whole could not run (see ``error``)
+        QUEUED = "queued", _("Queued")
+        RUNNING = "running", _("Running")
+        DONE = "done", _("Done")  # every item is added, a duplicate or failed
+        FAILED = "failed", _("Failed")  # the job as a whole could not run (see ``error``)
+        CANCELLED = "cancelled", _("Cancelled")  # stopped by a user: workers claim none of its items any more
 
     class Via(models.TextChoices):
-        API = "api", "API"
-        PAGE = "page", "Import page"
-        ADMIN = "admin", "Admin"
+        API = "api", _("API")
+        PAGE = "page", _("Import page")
+        ADMIN = "admin", _("Admin")
 
     id = models.UUIDField(primary_key=True, default=uuid.uuid4, editable=False)
-    state = models.CharField(max_length=16, choices=State.choices, default=State.QUEUED, db_index=True)
-    created_via = models.CharField(max_length=16, choices=Via.choices)
-    city = models.CharField(max_length=120, blank=True, help_text="Applied to every image of this import.")
-    group_key = models.CharField(max_length=120, blank=True, help_text="Applied to every image of this import.")
+    state = models.CharField(_("state"), max_length=16, choices=State.choices, default=State.QUEUED, db_index=True)
+    created_via = models.CharField(_("created via"), max_length=16, choices=Via.choices)
+    city = models.CharField(_("city"), max_length=120, blank=True,
+                            help_text=_("Applied to every image of this import."))
+    group_key = models.CharField(_("group key"), max_length=120, blank=True,
+                                 help_text=_("Applied to every image of this import."))
     # Counts over the items (an expanded archive counts as its members); kept in step with the
     # items' states in the same transactions, recounted from the items when the job finishes.
-    total = models.PositiveIntegerField(default=0)
-    added = models.PositiveIntegerField(default=0)
-    duplicates = models.PositiveIntegerField(default=0)
-    failed = models.PositiveIntegerField(default=0)
-    error = models.TextField(blank=True, help_text="Why the job as a whole failed.")
-    attempts = models.PositiveSmallIntegerField(default=0, help_text=(
+    total = models.PositiveIntegerField(_("total"), default=0)
+    added = models.PositiveIntegerField(_("added"), default=0)
+    duplicates = models.PositiveIntegerField(_("duplicates"), default=0)
+    failed = models.PositiveIntegerField(_("failed"), default=0)
+    error = models.TextField(_("error"), blank=True, help_text=_("Why the job as a whole failed."))
+    attempts = models.PositiveSmallIntegerField(_("attempts"), default=0, help_text=_(
         "Failed tries in a row (crashes, errors) since a chunk was last worked through; "
         "the job fails after IMPORT_MAX_ATTEMPTS."))
-    created_at = models.DateTimeField(auto_now_add=True, db_index=True)
-    started_at = models.DateTimeField(null=True, blank=True)
-    finished_at = models.DateTimeField(null=True, blank=True)
+    created_at = models.DateTimeField(_("created at"), auto_now_add=True, db_index=True)
+    started_at = models.DateTimeField(_("started at"), null=True, blank=True)
+    finished_at = models.DateTimeField(_("finished at"), null=True, blank=True)
     created_by = models.ForeignKey(settings.AUTH_USER_MODEL, on_delete=models.SET_NULL, null=True, blank=True,
-                                   related_name="import_jobs")
+                                   verbose_name=_("created by"), related_name="import_jobs")
 
     objects = ImportJobQuerySet.as_manager()
 
     class Meta:
+        verbose_name = _("import job")
+        verbose_name_plural = _("import jobs")
         ordering = ["-created_at"]
         constraints = [
             models.CheckConstraint(condition=~Q(state="failed") | ~Q(error=""), name="import_failure_has_reason"),
         ]
+
+    def close(self, state: str) -> None:
+        """End the job in ``state``, its counts recounted from its items (the row locked by the caller)."""
+        counts = self.items.counts()
+        self.total, self.added, self.duplicates, self.failed = (
+            counts["total"], counts["added"], counts["duplicates"], counts["failed"])
+        self.state, self.finished_at = state, dj_timezone.now()
+        self.save(update_fields=["total", "added", "duplicates", "failed", "state", "finished_at"])
 
     def __str__(self) -> str:
         return f"Import {self.pk}"
@@ -279,7 +353,7 @@ class ImportJob(models.Model):
 
     @property
     def is_finished(self) -> bool:
-        return self.state in (self.State.DONE, self.State.FAILED)
+        return self.state in (self.State.DONE, self.State.FAILED, self.State.CANCELLED)
 
     @property
     def percent(self) -> int:
@@ -317,17 +391,17 @@ class ImportItem(models.Model):
     """One thing to import: an uploaded image, an uploaded archive, an archive member or a URL."""
 
     class Kind(models.TextChoices):
-        UPLOAD = "upload", "Uploaded image"
-        ARCHIVE = "archive", "Uploaded archive"  # expanded into member items by the worker
-        MEMBER = "member", "Archive member"
-        URL = "url", "URL"
+        UPLOAD = "upload", _("Uploaded image")
+        ARCHIVE = "archive", _("Uploaded archive")  # expanded into member items by the worker
+        MEMBER = "member", _("Archive member")
+        URL = "url", _("URL")
 
     class State(models.TextChoices):
-        PENDING = "pending", "Pending"
-        EXPANDED = "expanded", "Expanded"  # an archive whose members are items now
-        ADDED = "added", "Added"
-        DUPLICATE = "duplicate", "Duplicate"
-        FAILED = "failed", "Failed"
+        PENDING = "pending", _("Pending")
+        EXPANDED = "expanded", _("Expanded")  # an archive whose members are items now
+        ADDED = "added", _("Added")
+        DUPLICATE = "duplicate", _("Duplicate")
+        FAILED = "failed", _("Failed")
 
     job = models.ForeignKey(ImportJob, on_delete=models.CASCADE, related_name="items")
     kind = models.CharField(max_length=16, choices=Kind.choices)
@@ -336,7 +410,7 @@ class ImportItem(models.Model):
     # Storage name of the uploaded bytes (uploads and archives), kept until the job is done.
     payload = models.CharField(max_length=500, blank=True)
     parent = models.ForeignKey("self", on_delete=models.CASCADE, null=True, blank=True, related_name="members")
-    member_index = models.PositiveIntegerField(null=True, blank=True, help_text="Position in the archive.")
+    member_index = models.PositiveIntegerField(null=True, blank=True, help_text=_("Position in the archive."))
     state = models.CharField(max_length=16, choices=State.choices, default=State.PENDING)
     error = models.TextField(blank=True)
     image = models.ForeignKey(Image, on_delete=models.SET_NULL, null=True, blank=True, related_name="+")
@@ -344,11 +418,16 @@ class ImportItem(models.Model):
     # claim holds unless renewed; a pending item whose claim ran out is claimable again.
     claimed_by = models.CharField(max_length=64, blank=True)
     claimed_until = models.DateTimeField(null=True, blank=True)
+    # Claims of this item that ran out (its worker died or stalled holding it); the item fails
+    # after IMPORT_MAX_ATTEMPTS, alone (catalog/jobs/claims.py).
+    attempts = models.PositiveSmallIntegerField(default=0)
     updated_at = models.DateTimeField(auto_now=True)
 
     objects = ImportItemQuerySet.as_manager()
 
     class Meta:
+        verbose_name = _("import item")
+        verbose_name_plural = _("import items")
         ordering = ["id"]
         indexes = [models.Index(fields=["job", "state"], name="import_item_job_state"),
                    # Workers claim a job's pending items in id order.
@@ -368,3 +447,27 @@ class ImportItem(models.Model):
         if self.kind == self.Kind.MEMBER and self.parent_id:
             return f"{self.parent.name}:{self.name}"
         return self.name
+
+
+# --- Evaluations ----------------------------------------------------------------------------------
+
+
+class EvaluationRun(models.Model):
+    """What ``manage.py evaluate`` measured for one model (catalog/evaluation.py), shown in the admin.
+
+    Keyed by space name, not a foreign key: a model is evaluated in memory, before (or without) any
+    space holding its vectors, and its results outlive a dropped space.
+    """
+
+    space_name = models.CharField(max_length=255, db_index=True,
+                                  help_text=_("The model's embedding space name (architecture/weights)."))
+    created_at = models.DateTimeField(auto_now_add=True, db_index=True)
+    results = models.JSONField(help_text=_("Metrics, data set and settings of the run (the --json output)."))
+
+    class Meta:
+        verbose_name = _("evaluation run")
+        verbose_name_plural = _("evaluation runs")
+        ordering = ["-created_at", "-id"]
+
+    def __str__(self) -> str:
+        return f"{self.space_name} at {self.created_at:%Y-%m-%d %H:%M}"

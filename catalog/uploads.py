@@ -10,6 +10,7 @@ Used by Django's own request parsing (pages, admin) and by the API's parsers ali
 from __future__ import annotations
 
 from django.conf import settings
+from django.utils.translation import gettext as _
 from django.core.exceptions import RequestDataTooBig
 from django.core.files.uploadhandler import FileUploadHandler, load_handler
 from django.http.multipartparser import MultiPartParser
@@ -27,14 +28,16 @@ class UploadTooLarge(BodyTooLarge):
 
 
 def body_too_large_message() -> str:
-    return (f"The request body is larger than {settings.DATA_UPLOAD_MAX_MEMORY_SIZE} bytes "
-            "(IMAGESEARCH_MAX_REQUEST_BYTES), not counting uploaded files.")
+    return (_("The request body is larger than %(limit)d bytes (IMAGESEARCH_MAX_REQUEST_BYTES), not counting "
+              "uploaded files.") % {"limit": settings.DATA_UPLOAD_MAX_MEMORY_SIZE})
 
 
 def too_large_message(name: str | None = None) -> str:
     limit = settings.IMPORT_MAX_UPLOAD_BYTES
-    what = f"{name} is" if name else "The upload is"
-    return f"{what} larger than {limit} bytes (IMAGESEARCH_MAX_UPLOAD_BYTES)."
+    if name:
+        return (_("%(name)s is larger than %(limit)d bytes (IMAGESEARCH_MAX_UPLOAD_BYTES).")
+                % {"name": name, "limit": limit})
+    return _("The upload is larger than %(limit)d bytes (IMAGESEARCH_MAX_UPLOAD_BYTES).") % {"limit": limit}
 
 
 def max_body_bytes() -> int:

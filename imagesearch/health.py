@@ -59,27 +59,42 @@ def _database() -> str:
 def _model() -> str:
     from catalog import embedder
 
-    current = embedder._embedder  # noqa: SLF001 - read-only peek, never triggers a load here
-    if current is not None and current._loaded and current.config == embedder.EmbedderConfig.from_settings():  # noqa: SLF001
+    config = _serving_config()
+    if embedder.is_loaded(config):  # a peek, never triggers a load here
         return "ok"
-    _start_loading()
+    _start_loading(config)
     return f"failed: {_load_error}" if _load_error else "loading"
 
 
-def _start_loading() -> None:
+def _serving_config():
+    """The model searches use: the active space's (manage.py models activate), else the
+    configured one. Checking the configured one after a switch would load a third model."""
+    from catalog import spaces
+    from catalog.embedder import EmbedderConfig, EmbedderUnavailable
+
+    try:
+        space = spaces.active_space()
+        if space is not None and space.has_model:
+            return EmbedderConfig.for_space(space)
+    except (DatabaseError, EmbedderUnavailable):  # reported by the database check, or by the load
+        pass
+    return EmbedderConfig.from_settings()
+
+
+def _start_loading(config) -> None:
     global _loader
     with _loader_lock:
         if _loader is None or not _loader.is_alive():
-            _loader = threading.Thread(target=_load, name="readyz-model-load", daemon=True)
+            _loader = threading.Thread(target=_load, args=(config,), name="readyz-model-load", daemon=True)
             _loader.start()
 
 
-def _load() -> None:
+def _load(config) -> None:
     global _load_error
     from catalog.embedder import get_embedder
 
     try:
-        get_embedder()
+        get_embedder(config)
         _load_error = None
     except Exception as exc:  # noqa: BLE001 - reported by /readyz, retried on its next call
         _load_error = str(exc).splitlines()[0] if str(exc) else type(exc).__name__

@@ -67,6 +67,9 @@ MIDDLEWARE = [
     "imagesearch.middleware.DatabaseUnavailableMiddleware",
     "csp.middleware.CSPMiddleware",
     "whitenoise.middleware.WhiteNoiseMiddleware",
+    # Language from the django_language cookie (the switch), else Accept-Language. After WhiteNoise, so
+    # static files carry no Vary: Accept-Language; it needs no session (the choice lives in a cookie).
+    "django.middleware.locale.LocaleMiddleware",
     "django.contrib.sessions.middleware.SessionMiddleware",
     "corsheaders.middleware.CorsMiddleware",
     "django.middleware.common.CommonMiddleware",
@@ -174,6 +177,8 @@ CLIP_RUNTIME = env.choice("CLIP_RUNTIME", "torch", ("auto", "torch", "onnx"))
 CLIP_BATCH_SIZE = env.int("CLIP_BATCH_SIZE", 32, minimum=1, maximum=4096)
 # Random weights: for tests only. The embedder logs a loud warning when on.
 CLIP_RANDOM_INIT = env.bool("CLIP_RANDOM_INIT", False)
+# While a space is being built, searching processes load its model in the background (catalog/spaces.py).
+WARM_BUILDING_MODEL = env.bool("IMAGESEARCH_WARM_BUILDING_MODEL", True)
 if CLIP_RANDOM_INIT and CLIP_WEIGHTS_FILE:
     raise ImproperlyConfigured("CLIP_RANDOM_INIT and CLIP_WEIGHTS_FILE are mutually exclusive.")
 
@@ -186,6 +191,13 @@ THUMBNAIL_MAX_SIDE = env.int("IMAGESEARCH_THUMBNAIL_SIZE", 320, minimum=16, maxi
 # Processes that decode and resize while the model embeds the previous batch; 0: sized to the
 # machine (catalog.ingest.decoding.default_workers).
 INGEST_DECODE_WORKERS = env.int("IMAGESEARCH_DECODE_WORKERS", 0, minimum=0, maximum=256)
+# JPEGs decoded on the GPU (nvJPEG) where the model runs on CUDA. Off: on an H200 with 16 cores the
+# decode processes imported twice as fast (bench/README.md).
+INGEST_GPU_JPEG_DECODE = env.bool("IMAGESEARCH_GPU_JPEG_DECODE", False)
+# Database connections an import stores batches on side by side (catalog/ingest/lanes.py).
+INGEST_STORE_CONNECTIONS = env.int("IMAGESEARCH_STORE_CONNECTIONS", 1, minimum=1, maximum=64)
+# Seconds one image may take to decode before it fails (a hostile file can loop a decoder).
+INGEST_DECODE_TIMEOUT = env.int("IMAGESEARCH_DECODE_TIMEOUT", 120, minimum=1, maximum=3600)
 # Import jobs (uploads, URLs, archives) run in the background worker (manage.py db_worker).
 IMPORT_MAX_UPLOAD_BYTES = env.int("IMAGESEARCH_MAX_UPLOAD_BYTES", 2 * 1024**3, minimum=1)
 IMPORT_MAX_URLS = env.int("IMAGESEARCH_IMPORT_MAX_URLS", 1000, minimum=1)
@@ -286,6 +298,7 @@ if PRODUCTION:
         raise ImproperlyConfigured("IMAGESEARCH_DEBUG must be off when IMAGESEARCH_PRODUCTION is on.")
     SESSION_COOKIE_SECURE = True
     CSRF_COOKIE_SECURE = True
+    LANGUAGE_COOKIE_SECURE = True  # the language switch's choice
     SECURE_SSL_REDIRECT = env.bool("IMAGESEARCH_SSL_REDIRECT", True)
     SECURE_PROXY_SSL_HEADER = ("HTTP_X_FORWARDED_PROTO", "https")
     SECURE_HSTS_SECONDS = env.int("IMAGESEARCH_HSTS_SECONDS", 31_536_000, minimum=0)
@@ -319,9 +332,16 @@ SPECTACULAR_SETTINGS = {
     "SWAGGER_UI_DIST": "SIDECAR",
     "SWAGGER_UI_FAVICON_HREF": "SIDECAR",
     "REDOC_DIST": "SIDECAR",
+    # Two models have a "state": each enum is named after its model.
+    "ENUM_NAME_OVERRIDES": {"EmbeddingSpaceStateEnum": "catalog.models.EmbeddingSpace.State",
+                            "ImportJobStateEnum": "catalog.models.ImportJob.State"},
 }
 
-LANGUAGE_CODE = "en-us"
+LANGUAGE_CODE = "en"  # for browsers that ask for neither language
+LANGUAGES = [("en", "English"), ("zh-hans", "简体中文")]
+LOCALE_PATHS = [BASE_DIR / "locale"]
+LANGUAGE_COOKIE_HTTPONLY = True  # read by the server only
+LANGUAGE_COOKIE_SAMESITE = "Lax"
 TIME_ZONE = "UTC"
 USE_I18N = True
 USE_TZ = True

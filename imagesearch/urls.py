@@ -20,6 +20,7 @@ urlpatterns = [
     path("accounts/logout/", auth_views.LogoutView.as_view(), name="logout"),
     path("accounts/password/", auth_views.PasswordChangeView.as_view(), name="password_change"),
     path("accounts/password/done/", auth_views.PasswordChangeDoneView.as_view(), name="password_change_done"),
+    path("i18n/", include("django.conf.urls.i18n")),  # set_language: the language switch in every page's header
     path("", include("catalog.urls")),
 ]
 
@@ -49,6 +50,7 @@ def serve_media(request, path):
 
 
 handler400 = "catalog.request_input.bad_request"
+handler403 = "catalog.request_input.forbidden"
 handler404 = "catalog.request_input.not_found"
 handler500 = "imagesearch.middleware.server_error"  # 503 while the database is down
 

@@ -10,6 +10,7 @@ connection gets HEADER_TIMEOUT seconds to send a complete request head, then it 
 from __future__ import annotations
 
 import argparse
+import sys
 
 import h11
 import uvicorn
@@ -53,12 +54,38 @@ def main(argv: list[str] | None = None) -> None:
     parser.add_argument("--port", type=int, default=8000)
     parser.add_argument("--header-timeout", type=float, default=HEADER_TIMEOUT,
                         help="seconds a connection has to send a whole request head (default %(default)s)")
+    parser.add_argument("--no-preload", action="store_true",
+                        help="load the CLIP model on the first search instead of before serving")
     args = parser.parse_args(argv)
+    if not args.no_preload:
+        load_model_before_serving()
     protocol = type("Protocol", (HeadDeadlineProtocol,), {"header_timeout": args.header_timeout})
     uvicorn.run("imagesearch.asgi:application", host=args.host, port=args.port, http=protocol,
                 lifespan="off", ws="none", timeout_graceful_shutdown=20,
                 # X-Forwarded-* are read by Django alone (IMAGESEARCH_PROXY_COUNT), never rewritten here.
                 proxy_headers=False)
+
+
+def load_model_before_serving() -> None:
+    """Load the model before the socket opens, so the first search is as fast as the tenth (a
+    load balancer waits for /readyz anyway; a user right after bin/serve does not)."""
+    import imagesearch.asgi  # noqa: F401 - sets up Django with the ASGI defaults; uvicorn reuses the module
+    from django.db import connections
+
+    from catalog import spaces
+    from catalog.embedder import get_embedder
+
+    try:
+        try:  # the model searches use: the active space's (manage.py models), else the configured one
+            active = spaces.active_space()
+        except Exception:  # noqa: BLE001 - database not up yet: the configured model is the best guess
+            active = None
+        finally:
+            connections.close_all()
+        spaces.embedder_for(active) if active is not None else get_embedder()
+    except Exception as exc:  # noqa: BLE001 - serve anyway: /readyz reports the error and retries the load
+        print(f"imagesearch: the model did not load before serving: {str(exc).splitlines()[0] if str(exc) else exc!r}",
+              file=sys.stderr)
 
 
 if __name__ == "__main__":

@@ -39,3 +39,12 @@ def memory_error_on_mark(source, spec):
         return decoding.decode(source, spec)
     finally:
         decoding.fit_model_input = real
+
+
+def hang_on_mark(source, spec):
+    """Never finishes, as a decoder stuck in a loop on a hostile file."""
+    if _marked(source):
+        import time
+
+        time.sleep(3600)
+    return decoding.decode(source, spec)

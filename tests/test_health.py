@@ -21,7 +21,7 @@ def test_healthz_answers_without_the_database(client):
 
 @pytest.mark.django_db
 def test_readyz_is_ok_once_the_database_answers_and_the_model_is_loaded(client, monkeypatch):
-    monkeypatch.setattr(embedder, "_embedder", None)  # as in a fresh web process
+    monkeypatch.setattr(embedder, "_embedders", embedder.OrderedDict())  # as in a fresh web process
     response = client.get("/readyz")
     assert response.status_code == 503
     assert response.json() == {"status": "unavailable", "database": "ok", "model": "loading"}
@@ -31,6 +31,25 @@ def test_readyz_is_ok_once_the_database_answers_and_the_model_is_loaded(client, 
         assert time.monotonic() < deadline, client.get("/readyz").json()
         time.sleep(0.2)
     assert client.get("/readyz").json() == {"status": "ok", "database": "ok", "model": "ok"}
+
+
+@pytest.mark.django_db
+def test_readyz_waits_for_the_active_spaces_model_not_the_configured_one(client, monkeypatch):
+    from catalog.models import EmbeddingSpace
+
+    get_embedder()  # the configured model is loaded ...
+    EmbeddingSpace.objects.create(name="ViT-S-32-alt/random-init", dimensions=256, architecture="ViT-S-32-alt",
+                                  random_init=True, state=EmbeddingSpace.State.ACTIVE)
+    active = embedder.EmbedderConfig.for_space(EmbeddingSpace.objects.get(state="active"))
+    monkeypatch.setattr(embedder, "_embedders", embedder.OrderedDict(
+        [(embedder.EmbedderConfig.from_settings(), get_embedder())]))
+    # ... but searches use the active space's, so that is the one readiness is about.
+    assert client.get("/readyz").json()["model"] == "loading"
+    deadline = time.monotonic() + 120
+    while client.get("/readyz").status_code != 200:
+        assert time.monotonic() < deadline, client.get("/readyz").json()
+        time.sleep(0.2)
+    assert embedder.is_loaded(active)
 
 
 def _closed_port() -> int:

@@ -456,12 +456,30 @@ def test_workers_claim_disjoint_chunks_and_take_over_expired_ones(settings):
     ran_out = dj_timezone.now() - dj_timezone.timedelta(seconds=1)
     job.items.filter(claimed_by__in=["worker-a", "worker-b"]).update(claimed_by="worker-a", claimed_until=ran_out)
     taken = claims.claim_chunk(job.pk, "worker-d", size=2)
-    assert sorted(item.pk for item in taken.items) == sorted(ids[0])  # only what ran out
+    # What a dead worker held is taken back, each item one try, and claimed one at a time.
+    assert [item.pk for item in taken.items] == ids[0][:1]
+    assert sorted(job.items.filter(attempts=1).values_list("pk", flat=True)) == sorted(ids[0] + ids[1])
+    assert not job.items.filter(claimed_by="worker-a").exists()
+    assert [item.pk for item in claims.claim_chunk(job.pk, "worker-e", size=2).items] == ids[0][1:]
     job.refresh_from_db()
-    assert job.attempts == 1  # a dead worker counts as one failed try, however many chunks it held
-    assert claims.claim_chunk(job.pk, "worker-e", size=2).items == [item for item in second.items]
-    job.refresh_from_db()
-    assert job.attempts == 1 and not job.items.filter(claimed_by="worker-a").exists()
+    assert job.attempts == 0  # the job's own count is for errors, not for its items' workers
+
+
+def test_an_item_whose_worker_keeps_dying_fails_alone_and_the_rest_import(settings):
+    settings.IMPORT_MAX_ATTEMPTS = 2
+    job = jobs.create_job(files=[upload(f"{i}.jpg", picture(i)) for i in range(4)], via=ImportJob.Via.API)
+    poison = job.items.order_by("id")[1]
+    ran_out = dj_timezone.now() - dj_timezone.timedelta(seconds=1)
+    for _ in range(2):  # a worker dies holding the poison item: twice
+        job.items.filter(pk=poison.pk).update(claimed_by="dead-worker", claimed_until=ran_out)
+        claims.claim_chunk(job.pk, "probe", size=1)
+        job.items.filter(claimed_by="probe").update(claimed_by="", claimed_until=None)
+
+    poison.refresh_from_db()
+    assert poison.state == ImportItem.State.FAILED and "stopped while importing it 2 time(s)" in poison.error
+    job = run(job)
+    assert_counts(job, total=4, added=3, failed=1)
+    assert job.state == ImportJob.State.DONE
 
 
 def test_an_archive_is_a_chunk_of_its_own_and_its_members_are_claimable_once_expanded(settings):

@@ -96,6 +96,64 @@ def test_decode_pool_rebuilds_once_per_breakage_and_isolates_the_culprit(monkeyp
     assert generations == 1
 
 
+@pytest.mark.django_db
+def test_an_image_that_decodes_forever_fails_after_the_timeout_and_the_rest_import(monkeypatch, settings):
+    settings.INGEST_DECODE_TIMEOUT = 2
+    monkeypatch.setattr(decoding, "decode", decode_faults.hang_on_mark)
+
+    report = ingest([("a.jpg", hostile.photo(1)), ("loops.jpg", hostile.photo(2) + decode_faults.MARK),
+                     ("b.jpg", hostile.photo(3)), ("c.jpg", hostile.photo(4))], decode_workers=2)
+
+    assert [(o.name, o.status) for o in report.outcomes] == [
+        ("a.jpg", "added"), ("loops.jpg", "failed"), ("b.jpg", "added"), ("c.jpg", "added")]
+    assert report.failed[0].reason == "could not be processed: decoding took longer than 2 s"
+
+
+@pytest.mark.django_db(transaction=True)
+def test_batches_stored_on_several_connections_are_each_stored_once_and_the_connections_closed(media_root):
+    def backends() -> int:
+        with connection.cursor() as cursor:
+            cursor.execute("SELECT count(*) FROM pg_stat_activity WHERE datname = current_database()")
+            return cursor.fetchone()[0]
+
+    before = backends()
+    pictures = [(f"{i}.jpg", hostile.photo(i, size=(120, 90))) for i in range(9)]
+    items = [*pictures[:5], ("again.jpg", pictures[0][1]), ("bad.jpg", b"not a picture"), *pictures[5:]]
+    report = ingest_items([IngestItem.from_bytes(name, data) for name, data in items],
+                          options=IngestOptions(source=Image.Source.UPLOAD), decode_workers=1, store_connections=3)
+
+    assert [o.status for o in report.outcomes] == ["added"] * 5 + ["duplicate", "failed"] + ["added"] * 4
+    assert Image.objects.count() == 9 == Embedding.objects.count()
+    assert sorted(Image.objects.values_list("id", flat=True)) == sorted(o.image_id for o in report.outcomes
+                                                                         if o.status == "added")
+    assert backends() == before
+
+
+def test_store_lanes_raise_the_first_failure_and_skip_what_was_left():
+    from catalog.ingest.lanes import StoreLanes
+
+    done, gate = [], threading.Event()
+
+    def work(n):
+        gate.wait(5)
+        if n == 1:
+            raise RuntimeError("lost the claim")
+        done.append(n)
+
+    with pytest.raises(RuntimeError, match="lost the claim"):
+        with StoreLanes(2) as lanes:
+            lanes.submit(work, 1)
+            gate.set()
+            for n in range(2, 50):
+                lanes.submit(work, n)
+    assert len(done) < 48  # stopped early: calls queued after the failure never ran
+
+    ran = []
+    with StoreLanes(1) as inline:
+        inline.submit(lambda: ran.append(threading.current_thread()))
+    assert ran == [threading.current_thread()]  # one lane: the caller's thread (and connection)
+
+
 @pytest.mark.slow
 @pytest.mark.django_db(transaction=True)
 def test_two_concurrent_runs_of_the_same_files_store_each_image_once(media_root):
@@ -200,7 +258,10 @@ def test_gpu_decoding_that_fails_whole_falls_back_to_the_cpu_for_every_image():
 
 
 @pytest.mark.django_db
-def test_pipeline_sends_jpegs_to_the_gpu_when_the_model_is_on_cuda_and_falls_back_per_image(monkeypatch):
+@pytest.mark.parametrize("enabled", [True, False])
+def test_pipeline_sends_jpegs_to_the_gpu_when_the_model_is_on_cuda_and_falls_back_per_image(monkeypatch, settings,
+                                                                                            enabled):
+    settings.INGEST_GPU_JPEG_DECODE = enabled
     embedder = get_embedder()
     real_fit = type(embedder).pixel_fit
     monkeypatch.setattr(type(embedder), "pixel_fit", lambda self: (*real_fit(self)[:3], "cuda"))
@@ -216,7 +277,51 @@ def test_pipeline_sends_jpegs_to_the_gpu_when_the_model_is_on_cuda_and_falls_bac
     report = ingest([*jpegs, ("p.png", hostile.photo(9, fmt="PNG"))], decode_workers=1)
 
     assert [o.status for o in report.outcomes] == ["added"] * 5
-    assert sent == [data for _, data in jpegs]  # the PNG went to the decode processes
+    assert sent == ([data for _, data in jpegs] if enabled else [])  # the PNG went to the decode processes
+
+
+_KILLED_POOL_OWNER = """
+import os, signal, sys
+from catalog.ingest.decoding import DecodePool, DecodeSpec
+from multiprocessing import forkserver
+if __name__ == "__main__":
+    pool = DecodePool(2)
+    spec = DecodeSpec(max_pixels=10**7, min_side=64, max_aspect_ratio=20.0, thumbnail_side=64, input_size=32)
+    assert not pool.result(pool.submit(sys.stdin.buffer.read(), spec)).error
+    children = list(pool._pool._processes)
+    print(" ".join(map(str, [forkserver._forkserver._forkserver_pid, *children])), flush=True)
+    os.kill(os.getpid(), signal.SIGKILL)
+"""
+
+
+def test_decode_processes_and_their_fork_server_exit_when_the_process_that_started_them_is_killed():
+    import subprocess
+    import sys
+    import time
+
+    done = subprocess.run([sys.executable, "-c", _KILLED_POOL_OWNER], input=jpeg(0, (64, 48)), capture_output=True,
+                          cwd=Path(__file__).resolve().parent.parent, timeout=60)
+    pids = [int(pid) for pid in done.stdout.split()]
+    assert len(pids) >= 2, done.stderr.decode()[-2000:]  # the fork server and at least one child
+
+    def alive(pid: int) -> bool:
+        try:
+            return Path(f"/proc/{pid}/status").read_text().split("State:")[1].split()[0] != "Z"
+        except (FileNotFoundError, IndexError):
+            return False
+
+    deadline = time.monotonic() + 15
+    while any(map(alive, pids)) and time.monotonic() < deadline:
+        time.sleep(0.1)
+    assert not [pid for pid in pids if alive(pid)]
+
+
+def test_gpu_decoding_holds_a_bounded_number_of_pixels_at_once(monkeypatch):
+    monkeypatch.setattr(gpu_decoding, "GPU_DECODE_MAX_PIXELS", 100)
+    sizes = [decoding.ImageMetadata(width=w, height=h, format="JPEG", taken_at=None, latitude=None, longitude=None)
+             for w, h in [(5, 10), (5, 10), (1, 10), (20, 10), (3, 3)]]  # 50, 50, 10, 200 (alone), 9
+
+    assert gpu_decoding._pixel_chunks([0, 1, 2, 3, 4], sizes) == [[0, 1], [2], [3], [4]]
 
 
 @pytest.mark.slow

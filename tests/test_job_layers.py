@@ -9,7 +9,7 @@ from pathlib import Path
 
 CATALOG = Path(__file__).resolve().parent.parent / "catalog"
 # Bottom to top, as catalog/jobs/__init__.py describes them.
-JOB_LAYERS = ["payloads", "claims", "worker", "tasks", "requests"]
+JOB_LAYERS = ["payloads", "claims", "builds", "worker", "tasks", "requests"]
 
 
 def module_name(path: Path) -> str:

@@ -1,11 +1,13 @@
 """The web server closes connections that do not send a whole request head in time, so idle or
 dripping sockets cannot pile up until it runs out of file descriptors; real requests still answer."""
 
+import json
 import os
 import socket
 import subprocess
 import sys
 import time
+import urllib.error
 import urllib.request
 from pathlib import Path
 
@@ -21,11 +23,12 @@ def _free_port() -> int:
 
 
 @pytest.fixture
-def webserver():
+def webserver(request):
     port = _free_port()
+    preload = getattr(request, "param", False)  # loading the model costs seconds; only one test needs it
     process = subprocess.Popen(
         [sys.executable, "-m", "imagesearch.webserver", "--host", "127.0.0.1", "--port", str(port),
-         "--header-timeout", "1.5"],
+         "--header-timeout", "1.5", *([] if preload else ["--no-preload"])],
         cwd=ROOT, env={**os.environ, "DJANGO_SETTINGS_MODULE": "tests.settings"},
         stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
     try:
@@ -83,3 +86,15 @@ def test_connections_that_never_finish_a_request_head_are_closed(webserver):
     # A client that sends its request promptly is served, also on a kept-alive connection.
     with urllib.request.urlopen(f"http://127.0.0.1:{webserver}/healthz", timeout=5) as response:
         assert response.status == 200
+
+
+@pytest.mark.slow  # loads the model in a fresh process
+@pytest.mark.parametrize("webserver", [True], indirect=True)
+def test_the_model_is_loaded_before_the_first_request_is_answered(webserver):
+    # The fixture waited for the first /healthz answer: by then the model must already be loaded,
+    # so /readyz never says "loading" and the first search does not pay for the load.
+    try:
+        body = urllib.request.urlopen(f"http://127.0.0.1:{webserver}/readyz", timeout=5).read()
+    except urllib.error.HTTPError as error:  # 503 when the database part fails; the model part still counts
+        body = error.read()
+    assert json.loads(body)["model"] == "ok"

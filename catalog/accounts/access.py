@@ -48,6 +48,11 @@ def read_required(view):
     return wrapper
 
 
+def may_cancel_import(*, user, job: ImportJob) -> bool:
+    """Whoever started the job, or an editor of imports (who may retry them too)."""
+    return user.is_authenticated and (job.created_by_id == user.pk or user.has_perm(RETRY_PERMISSION))
+
+
 def visible_import_jobs(*, user) -> QuerySet[ImportJob]:
     """Jobs a user may follow: their own; every job with the view permission."""
     if not user.is_authenticated:

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 from drf_spectacular.contrib.knox_auth_token import KnoxTokenScheme
+from django.utils.translation import gettext as _
 from knox.auth import TokenAuthentication
 from rest_framework.exceptions import AuthenticationFailed
 
@@ -13,7 +14,7 @@ class BearerTokenAuthentication(TokenAuthentication):
 
     def authenticate_credentials(self, token: bytes):
         if not (token.isascii() and token.decode("ascii").isprintable()):
-            raise AuthenticationFailed("Invalid token.")
+            raise AuthenticationFailed(_("Invalid token."))
         return super().authenticate_credentials(token)
 
 

@@ -4,8 +4,7 @@ under /api/, the login page with the message elsewhere; both 429 with Retry-Afte
 from __future__ import annotations
 
 from django.shortcuts import render
-
-MESSAGE = "Too many failed logins for this user from this address; try again in {minutes} minute(s)."
+from django.utils.translation import ngettext
 
 
 def lockout_response(request, original_response=None, credentials=None):
@@ -15,7 +14,10 @@ def lockout_response(request, original_response=None, credentials=None):
     from catalog.request_input import is_api
 
     seconds = int(get_cool_off(request).total_seconds())
-    message = MESSAGE.format(minutes=max(1, round(seconds / 60)))
+    minutes = max(1, round(seconds / 60))
+    message = ngettext("Too many failed logins for this user from this address; try again in %(minutes)d minute.",
+                       "Too many failed logins for this user from this address; try again in %(minutes)d minutes.",
+                       minutes) % {"minutes": minutes}
     if is_api(request):
         response = error_response(429, "locked_out", message)
     else:

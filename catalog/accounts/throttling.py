@@ -12,6 +12,7 @@ from types import SimpleNamespace
 
 from django.conf import settings
 from django.core.cache import caches
+from django.utils.translation import ngettext
 from rest_framework.throttling import SimpleRateThrottle
 
 
@@ -64,7 +65,9 @@ def throttled_page(request, scope: str, *, user=None):
     if throttle.allow_request(counted, SimpleNamespace(throttle_scope=scope)):
         return None
     wait = max(1, math.ceil(throttle.wait() or 1))
-    response = refusal(request, 429, f"Too many requests; try again in {wait} second(s).")
+    message = ngettext("Too many requests; try again in %(wait)d second.",
+                       "Too many requests; try again in %(wait)d seconds.", wait) % {"wait": wait}
+    response = refusal(request, 429, message)
     response["Retry-After"] = str(wait)
     return response
 

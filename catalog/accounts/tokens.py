@@ -7,6 +7,7 @@ import re
 from datetime import timedelta
 
 from django.db.models import QuerySet
+from django.utils.translation import gettext as _
 from knox.models import AuthToken
 from knox.settings import CONSTANTS, knox_settings
 
@@ -25,10 +26,10 @@ def create_token(*, user, expires_days: int | None = None) -> tuple[AuthToken, s
     ttl = knox_settings.TOKEN_TTL
     if expires_days is not None:
         if expires_days < 1:
-            raise TokenError("expires_days must be at least 1.")
+            raise TokenError(_("expires_days must be at least 1."))
         most = ttl.days if ttl is not None else MAX_EXPIRES_DAYS  # compared before timedelta() can overflow
         if expires_days > most:
-            raise TokenError(f"expires_days can be at most {most}.")
+            raise TokenError(_("expires_days can be at most %(most)d.") % {"most": most})
         ttl = timedelta(days=expires_days)
     return AuthToken.objects.create(user=user, expiry=ttl)
 

@@ -5,6 +5,7 @@ from __future__ import annotations
 
 from django.conf import settings
 from django.contrib.auth import authenticate
+from django.utils.translation import gettext as _
 from drf_spectacular.utils import OpenApiResponse, extend_schema
 from rest_framework import serializers, status
 from rest_framework.exceptions import NotFound, ValidationError
@@ -53,7 +54,7 @@ class TokenCreateView(StrictQueryMixin, APIView):
         user = authenticate(request._request, username=data.validated_data["username"],
                             password=data.validated_data["password"])
         if user is None:
-            raise ValidationError({"non_field_errors": ["Unable to log in with the given username and password."]},
+            raise ValidationError({"non_field_errors": [_("Unable to log in with the given username and password.")]},
                                   code="invalid_credentials")
         try:
             token, plain = tokens.create_token(user=user, expires_days=data.validated_data.get("expires_days"))
@@ -77,7 +78,7 @@ class TokenDetailView(StrictQueryMixin, APIView):
     @extend_schema(summary="Revoke one of your API tokens", responses={204: OpenApiResponse(description="Revoked.")})
     def delete(self, request: Request, prefix: str) -> Response:
         if not tokens.revoke_tokens(prefix=prefix, user=request.user):
-            raise NotFound("You have no token with this prefix.")
+            raise NotFound(_("You have no token with this prefix."))
         return Response(status=status.HTTP_204_NO_CONTENT)
 
 

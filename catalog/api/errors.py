@@ -13,6 +13,7 @@ from django.conf import settings
 from django.core.exceptions import RequestDataTooBig, TooManyFieldsSent, TooManyFilesSent
 from django.db import InterfaceError, OperationalError
 from django.http import Http404, JsonResponse
+from django.utils.translation import gettext as _, gettext_lazy
 from rest_framework import exceptions, serializers, status
 from rest_framework.response import Response
 from rest_framework.views import exception_handler as drf_exception_handler
@@ -22,13 +23,13 @@ from catalog.search import ImageNotFound, SearchError
 from catalog.uploads import BodyTooLarge, body_too_large_message
 
 
-DATABASE_UNAVAILABLE = "The database cannot be reached right now; try again in a few seconds."
+DATABASE_UNAVAILABLE = gettext_lazy("The database cannot be reached right now; try again in a few seconds.")
 DATABASE_ERRORS = (OperationalError, InterfaceError)  # down or restarting: 503, never 500
 RETRY_AFTER_SECONDS = 5
 
 
 def error_body(http_status: int, code: str, message: str, fields: dict | None = None) -> dict:
-    body = {"status": http_status, "code": code, "message": message}
+    body = {"status": http_status, "code": code, "message": str(message)}  # str(): lazy translations
     if fields:
         body["fields"] = fields
     return {"error": body}
@@ -44,9 +45,11 @@ def request_problem(exc) -> tuple[int, str, str] | None:
     if isinstance(exc, RequestDataTooBig):
         return 413, "too_large", str(exc) if isinstance(exc, BodyTooLarge) else body_too_large_message()
     if isinstance(exc, TooManyFilesSent):
-        return 400, "too_many_files", f"At most {settings.DATA_UPLOAD_MAX_NUMBER_FILES} files per request."
+        return 400, "too_many_files", (_("At most %(limit)d files per request.")
+                                       % {"limit": settings.DATA_UPLOAD_MAX_NUMBER_FILES})
     if isinstance(exc, TooManyFieldsSent):
-        return 400, "too_many_fields", f"At most {settings.DATA_UPLOAD_MAX_NUMBER_FIELDS} fields per request."
+        return 400, "too_many_fields", (_("At most %(limit)d fields per request.")
+                                        % {"limit": settings.DATA_UPLOAD_MAX_NUMBER_FIELDS})
     return None
 
 
@@ -70,7 +73,7 @@ def api_exception_handler(exc, context):
         return None
     if isinstance(exc, exceptions.ValidationError):
         fields = _field_messages(exc.detail)
-        first = next(iter(fields.values()))[0] if fields else "Invalid input."
+        first = next(iter(fields.values()))[0] if fields else _("Invalid input.")
         response.data = error_body(response.status_code, "invalid", first, fields)
     else:
         detail = exc.detail if isinstance(exc, exceptions.APIException) else str(exc)

@@ -5,15 +5,17 @@ from __future__ import annotations
 
 from django.shortcuts import get_object_or_404
 from django.urls import reverse
+from django.utils.translation import gettext as _
 from drf_spectacular.types import OpenApiTypes
 from drf_spectacular.utils import OpenApiExample, extend_schema, extend_schema_field
 from rest_framework import serializers, status
+from rest_framework.exceptions import PermissionDenied
 from rest_framework.permissions import IsAuthenticated
 from rest_framework.request import Request
 from rest_framework.response import Response
 from rest_framework.views import APIView
 
-from catalog.accounts.access import IMPORT_PERMISSION, visible_import_jobs
+from catalog.accounts.access import IMPORT_PERMISSION, may_cancel_import, visible_import_jobs
 from catalog.accounts.permissions import CanRead
 from catalog.accounts.throttling import ScopeThrottle
 from catalog.api.parsers import API_PARSERS
@@ -85,7 +87,7 @@ class ImportCreateSerializer(ImportUrlsSerializer):
 
     def validate(self, attrs):
         if not attrs.get("urls") and not attrs.get("file"):
-            raise serializers.ValidationError("Give at least one URL in \"urls\" or upload a \"file\".")
+            raise serializers.ValidationError(_("Give at least one URL in \"urls\" or upload a \"file\"."))
         return attrs
 
 
@@ -189,6 +191,22 @@ class ImportDetailView(StrictQueryMixin, APIView):
     @extend_schema(summary="An import job: state, counts and per-item errors", responses={200: ImportJobSerializer})
     def get(self, request: Request, pk) -> Response:
         job = get_object_or_404(visible_import_jobs(user=request.user), pk=pk)
+        return Response(ImportJobSerializer(job, context={"request": request}).data)
+
+
+class ImportCancelView(StrictQueryMixin, APIView):
+    permission_classes = [IsAuthenticated]
+
+    @extend_schema(summary="Cancel an unfinished import job: workers take none of its items any more",
+                   description="What it added stays. Cancelling a finished job changes nothing; the answer is "
+                               "the job either way. Allowed to whoever started the job and to editors of imports.",
+                   request=None, responses={200: ImportJobSerializer})
+    def post(self, request: Request, pk) -> Response:
+        job = get_object_or_404(visible_import_jobs(user=request.user), pk=pk)
+        if not may_cancel_import(user=request.user, job=job):
+            raise PermissionDenied(_("Only whoever started an import, or an editor of imports, may cancel it."))
+        jobs.cancel_job(job.pk)
+        job.refresh_from_db()
         return Response(ImportJobSerializer(job, context={"request": request}).data)
 
 

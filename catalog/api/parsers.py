@@ -6,6 +6,7 @@ from __future__ import annotations
 import io
 
 from django.conf import settings
+from django.utils.translation import gettext as _
 from rest_framework import parsers
 from rest_framework.exceptions import ParseError
 
@@ -31,7 +32,7 @@ class JSONParser(parsers.JSONParser):
         try:
             return super().parse(body, media_type, parser_context)
         except RecursionError:
-            raise ParseError("JSON parse error - the document is nested too deeply.") from None
+            raise ParseError(_("JSON parse error - the document is nested too deeply.")) from None
 
 
 class FormParser(parsers.FormParser):

@@ -18,14 +18,17 @@ class SearchView(StrictQueryMixin, APIView):
     error_statuses = (404,)  # similar_to names a missing image
 
     @extend_schema(
-        summary="Search images by text, by picture or by a stored image",
+        summary="Search images by text, by picture or by a stored image (or a region of either picture)",
         request={"application/json": SearchRequestSerializer, "multipart/form-data": SearchUploadRequestSerializer},
         responses={200: SearchResponseSerializer},
         examples=[OpenApiExample("Text", value={"q": "snow-covered peaks in the sun", "top_k": 10,
                                                 "cities": ["Zurich"]}, request_only=True),
                   OpenApiExample("Chinese", value={"q": "一只毛茸茸的小狗在草地上奔跑"}, request_only=True),
                   OpenApiExample("More like this", value={"similar_to": 42, "min_score": 0.2},
-                                 request_only=True)],
+                                 request_only=True),
+                  OpenApiExample("A region of a stored image", value={"similar_to": 42, "region_x": 0.5,
+                                                                      "region_y": 0.25, "region_w": 0.5,
+                                                                      "region_h": 0.5}, request_only=True)],
     )
     def post(self, request: Request) -> Response:
         upload = request.content_type.startswith("multipart/")

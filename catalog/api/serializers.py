@@ -1,12 +1,14 @@
 from django.utils.datastructures import MultiValueDict
 from drf_spectacular.types import OpenApiTypes
 from drf_spectacular.utils import extend_schema_field
+from django.utils.translation import gettext as _, gettext_lazy
 from rest_framework import serializers
 
 from catalog.models import Image
-from catalog.search import MAX_ID, MAX_PAGE, MAX_SIDE, MAX_TOP_K, ORIENTATIONS, SearchError
+from catalog.search import MAX_ID, MAX_PAGE, MAX_SIDE, MAX_TOP_K, MIN_REGION_SIDE, ORIENTATIONS, SearchError
 from catalog.vector_search import MAX_DEPTH
-from catalog.search_input import build_filters, build_search_params, decode_base64_image, decode_query_image
+from catalog.search_input import (build_filters, build_region, build_search_params, decode_base64_image,
+                                   decode_query_image)
 
 # Sent by the site's own forms and DRF's format switch; never an unknown field.
 ALWAYS_ALLOWED = frozenset({"csrfmiddlewaretoken", "format"})
@@ -16,9 +18,10 @@ def check_known(names, known) -> None:
     """Raise a 400 naming every name not in ``known`` (plus ALWAYS_ALLOWED)."""
     unknown = sorted({str(name) for name in names} - set(known) - ALWAYS_ALLOWED)
     if unknown:
-        listed = ", ".join(sorted(known)) or "none"
-        raise serializers.ValidationError(
-            {name[:100]: [f"Unknown field \"{name[:100]}\". Known fields: {listed}."] for name in unknown[:20]})
+        listed = ", ".join(sorted(known)) or _("none")
+        raise serializers.ValidationError({name[:100]: [_("Unknown field \"%(name)s\". Known fields: %(known)s.")
+                                                        % {"name": name[:100], "known": listed}]
+                                           for name in unknown[:20]})
 
 
 # Refuses input fields it does not declare, naming them: a typo such as "city" for "cities" must not
@@ -41,21 +44,25 @@ class StrictSerializer(serializers.Serializer):
 
 # JSON types as the schema states them: DRF would take 5 for "5" and "5" for 5, so a client that
 # sends the wrong type would work by accident here and fail against a stricter server.
-_JSON_TYPES = ((serializers.BooleanField, bool, "a boolean"), (serializers.IntegerField, int, "an integer"),
-               (serializers.FloatField, (int, float), "a number"), (serializers.ListField, list, "a list"),
-               (serializers.CharField, str, "a string"), (serializers.DateField, str, "a date string"),
-               (serializers.ChoiceField, str, "a string"))
+_JSON_TYPES = ((serializers.BooleanField, bool, gettext_lazy("Expected a boolean, got %(type)s.")),
+               (serializers.IntegerField, int, gettext_lazy("Expected an integer, got %(type)s.")),
+               (serializers.FloatField, (int, float), gettext_lazy("Expected a number, got %(type)s.")),
+               (serializers.ListField, list, gettext_lazy("Expected a list, got %(type)s.")),
+               (serializers.CharField, str, gettext_lazy("Expected a string, got %(type)s.")),
+               (serializers.DateField, str, gettext_lazy("Expected a date string, got %(type)s.")),
+               (serializers.ChoiceField, str, gettext_lazy("Expected a string, got %(type)s.")))
 
 
 def json_type_error(field, value) -> str | None:
     if value is None:
         return None  # DRF's own "may not be null"
-    for kind, types, label in _JSON_TYPES:
+    for kind, types, message in _JSON_TYPES:
         if isinstance(field, kind):
             if not isinstance(value, types) or (isinstance(value, bool) and kind is not serializers.BooleanField):
-                return f"Expected {label}, got {type(value).__name__}."
+                return str(message) % {"type": type(value).__name__}
             if kind is serializers.ListField:
-                return next((f"Item {index}: {error}" for index, item in enumerate(value)
+                return next((_("Item %(index)d: %(error)s") % {"index": index, "error": error}
+                             for index, item in enumerate(value)
                              if (error := json_type_error(field.child, item))), None)
             return None
     return None
@@ -137,17 +144,30 @@ class SearchRequestSerializer(SimilarQuerySerializer):
     image_base64 = serializers.CharField(required=False, help_text="Query picture as base64 (or a data: URL).")
     similar_to = serializers.IntegerField(required=False, min_value=1, max_value=MAX_ID,
                                           help_text="Id of a stored image: find images like it.")
+    region_x = serializers.FloatField(
+        required=False, min_value=0, max_value=1,
+        help_text="Search by a box of the query picture (or of similar_to's stored image) instead of all of it: "
+                  "its left edge, as a fraction of the upright picture's width (EXIF orientation applied). "
+                  "Give all four region fields or none; x + w and y + h at most 1; the box must cover at least "
+                  f"{MIN_REGION_SIDE}x{MIN_REGION_SIDE} pixels of the picture. Not with q.")
+    region_y = serializers.FloatField(required=False, min_value=0, max_value=1,
+                                      help_text="The region's top edge, as a fraction of the picture's height.")
+    region_w = serializers.FloatField(required=False, min_value=0, max_value=1,
+                                      help_text="The region's width, as a fraction of the picture's width (above 0).")
+    region_h = serializers.FloatField(required=False, min_value=0, max_value=1,
+                                      help_text="The region's height, as a fraction of the picture's height "
+                                                "(above 0).")
 
     def validate(self, attrs):
         if attrs.get("image") and attrs.get("image_base64"):
-            raise serializers.ValidationError("Send the query picture once: image or image_base64, not both.")
+            raise serializers.ValidationError(_("Send the query picture once: image or image_base64, not both."))
         return super().validate(attrs)
 
     def _query_image(self, attrs):
         if attrs.get("image"):
-            return decode_query_image(attrs["image"].read())
+            return decode_query_image(attrs["image"].read(), region=build_region(attrs))
         if attrs.get("image_base64"):
-            return decode_base64_image(attrs["image_base64"])
+            return decode_base64_image(attrs["image_base64"], region=build_region(attrs))
         return None
 
 

@@ -18,6 +18,7 @@ import multiprocessing
 import os
 import threading
 from concurrent.futures import Future, ProcessPoolExecutor
+from concurrent.futures import TimeoutError as FutureTimeout
 from concurrent.futures.process import BrokenProcessPool
 from dataclasses import dataclass
 
@@ -127,9 +128,17 @@ def completed(decoded: Decoded) -> Pending:
 
 
 class DecodePool:
-    """``workers`` child processes running ``decode``; use as a context manager."""
+    """``workers`` child processes running ``decode``; use as a context manager. An item whose
+    result is not back ``timeout`` seconds after it is asked for (default
+    IMAGESEARCH_DECODE_TIMEOUT) fails, and the children are killed: a decoder stuck in a loop
+    holds its core and the import forever otherwise."""
 
-    def __init__(self, workers: int):
+    def __init__(self, workers: int, *, timeout: float | None = None):
+        if timeout is None:
+            from django.conf import settings  # here, in the parent only: children never load Django
+
+            timeout = settings.INGEST_DECODE_TIMEOUT
+        self.timeout = timeout
         self.workers = workers
         self._context = _context()
         self._lock = threading.Lock()
@@ -138,7 +147,8 @@ class DecodePool:
         self._alone: ProcessPoolExecutor | None = None
 
     def _new(self, workers: int) -> ProcessPoolExecutor:
-        return ProcessPoolExecutor(max_workers=workers, mp_context=self._context)
+        return ProcessPoolExecutor(max_workers=workers, mp_context=self._context,
+                                   initializer=_exit_with, initargs=(os.getpid(),))
 
     def submit(self, source: bytes | str, spec: DecodeSpec) -> Pending:
         # `decode` looked up at call time, so a test can put a crashing one in its place.
@@ -152,7 +162,11 @@ class DecodePool:
 
     def result(self, pending: Pending) -> Decoded:
         try:
-            return pending.future.result()
+            return pending.future.result(timeout=self.timeout)
+        except FutureTimeout:
+            with self._lock:  # the others in flight see a broken pool and are retried alone, below
+                self._rebuild(pending.generation, kill=True)
+            return Decoded(error=self._too_slow())
         except BrokenProcessPool:
             pass
         except Exception as error:  # the task raised past its own handler, or its result did not pickle
@@ -161,16 +175,21 @@ class DecodePool:
             self._rebuild(pending.generation)
         # Any item in flight when a child died lands here; alone, only the culprit dies again.
         try:
-            return self._single().submit(_task(), pending.source, pending.spec).result()
-        except BrokenProcessPool:
-            self._alone.shutdown(wait=False, cancel_futures=True)
+            return self._single().submit(_task(), pending.source, pending.spec).result(timeout=self.timeout)
+        except (BrokenProcessPool, FutureTimeout) as error:
+            _kill(self._alone)
             self._alone = None
-            return Decoded(error=CHILD_DIED)
+            return Decoded(error=self._too_slow() if isinstance(error, FutureTimeout) else CHILD_DIED)
         except Exception as error:
             return Decoded(error=f"could not be processed: {short_error(error)}")
 
-    def _rebuild(self, generation: int) -> None:
+    def _too_slow(self) -> str:
+        return f"could not be processed: decoding took longer than {self.timeout:g} s"
+
+    def _rebuild(self, generation: int, *, kill: bool = False) -> None:
         if generation == self._generation:  # once per breakage, however many items saw it
+            if kill:
+                _kill(self._pool)
             self._pool.shutdown(wait=False, cancel_futures=True)
             self._pool = self._new(self.workers)
             self._generation += 1
@@ -194,3 +213,36 @@ class DecodePool:
 
 def _task():
     return globals()["decode"]
+
+
+def _kill(pool: ProcessPoolExecutor) -> None:
+    """SIGKILL a pool's children (shutdown alone waits for a stuck one to finish its item)."""
+    for process in list((pool._processes or {}).values()):  # no public API lists them
+        process.kill()
+    pool.shutdown(wait=False, cancel_futures=True)
+
+
+def _exit_with(pid: int) -> None:
+    """In a child: exit when the process that started the pool (``pid``) does. A child holds both
+    ends of its task queue, so it never sees EOF when that process is SIGKILLed, and it keeps the
+    fork server alive too: without this, each killed worker left ~70 MB of processes behind."""
+    import select
+
+    def watch() -> None:
+        try:
+            handle = os.pidfd_open(pid)
+        except ProcessLookupError:  # already gone
+            os._exit(1)
+        except (AttributeError, OSError):  # no pidfd (old kernel, not Linux): poll
+            while True:
+                try:
+                    os.kill(pid, 0)
+                except ProcessLookupError:
+                    os._exit(1)
+                except PermissionError:
+                    pass
+                threading.Event().wait(1.0)
+        select.select([handle], [], [])  # readable once the process has exited
+        os._exit(1)
+
+    threading.Thread(target=watch, name="exit-with-parent", daemon=True).start()

@@ -18,6 +18,9 @@ from catalog.ingest.decoding import Decoded, DecodeSpec, finish, short_error
 
 # Below this a "JPEG" is a signature and little else: not worth a trip to the GPU.
 _MIN_JPEG_BYTES = 100
+# Decoded pixels on the GPU at once (RGB bytes, before reduction): 40 twelve-megapixel photos,
+# about 1.5 GB, whatever the batch size.
+GPU_DECODE_MAX_PIXELS = 512_000_000
 
 
 @functools.cache
@@ -66,24 +69,43 @@ def decode_on_gpu(sources: Sequence[bytes], spec: DecodeSpec, *, device: str = "
             headers.append(rejected)
     todo = [i for i, header in enumerate(headers) if not isinstance(header, Exception)]
     results: list = [Decoded(error=str(header)) if isinstance(header, Exception) else None for header in headers]
-    try:
-        images = torchvision.io.decode_jpeg([torch.frombuffer(bytearray(sources[i]), dtype=torch.uint8) for i in todo],
-                                            mode=torchvision.io.ImageReadMode.RGB, device=device)
-    except Exception as error:  # the batch failed: each image is tried on the CPU
-        return [result if result is not None else error for result in results]
-    for i, pixels in zip(todo, images, strict=True):
+    for chunk in _pixel_chunks(todo, [headers[i][0] for i in todo]):
         try:
-            metadata, transpose = headers[i]
-            height, width = pixels.shape[-2:]
-            scale = spec.min_side / min(height, width)
-            if scale < 1:  # reduce on the GPU (area averaging, as the CPU path's box reduction)
-                size = (max(spec.min_side, round(height * scale)), max(spec.min_side, round(width * scale)))
-                pixels = functional.interpolate(pixels[None].float(), size=size, mode="area")[0]
-                pixels = pixels.round_().clamp_(0, 255).to(torch.uint8)
-            image = Image.fromarray(pixels.permute(1, 2, 0).contiguous().cpu().numpy(), "RGB")
-            if transpose is not None:
-                image = image.transpose(transpose)
-            results[i] = finish(image, metadata, spec)
-        except Exception as error:
-            results[i] = RuntimeError(short_error(error))
+            images = torchvision.io.decode_jpeg([torch.frombuffer(bytearray(sources[i]), dtype=torch.uint8)
+                                                 for i in chunk], mode=torchvision.io.ImageReadMode.RGB, device=device)
+        except Exception as error:  # the chunk failed: each of its images is tried on the CPU
+            for i in chunk:
+                results[i] = error
+            continue
+        for i, pixels in zip(chunk, images, strict=True):
+            try:
+                metadata, transpose = headers[i]
+                height, width = pixels.shape[-2:]
+                scale = spec.min_side / min(height, width)
+                if scale < 1:  # reduce on the GPU (area averaging, as the CPU path's box reduction)
+                    size = (max(spec.min_side, round(height * scale)), max(spec.min_side, round(width * scale)))
+                    pixels = functional.interpolate(pixels[None].float(), size=size, mode="area")[0]
+                    pixels = pixels.round_().clamp_(0, 255).to(torch.uint8)
+                image = Image.fromarray(pixels.permute(1, 2, 0).contiguous().cpu().numpy(), "RGB")
+                if transpose is not None:
+                    image = image.transpose(transpose)
+                results[i] = finish(image, metadata, spec)
+            except Exception as error:
+                results[i] = RuntimeError(short_error(error))
+        del images
     return results
+
+
+def _pixel_chunks(indices: list[int], metadata: list) -> list[list[int]]:
+    """``indices`` cut into runs whose decoded pixels stay under GPU_DECODE_MAX_PIXELS (one image
+    over it on its own: the header check already capped it at IMAGESEARCH_MAX_PIXELS)."""
+    chunks: list[list[int]] = []
+    total = 0
+    for index, meta in zip(indices, metadata, strict=True):
+        pixels = meta.width * meta.height
+        if not chunks or total + pixels > GPU_DECODE_MAX_PIXELS:
+            chunks.append([])
+            total = 0
+        chunks[-1].append(index)
+        total += pixels
+    return chunks

@@ -21,6 +21,9 @@ under a PostgreSQL advisory lock per hash, and rows are inserted only for hashes
 committed row has once the locks are held. The same locks make a worker's clean-up of files
 never remove files another worker has committed.
 
+Vectors go into the active embedding space and, while another space is being built, into that
+one too (catalog/spaces.py), in the same transaction as the image row.
+
 Callers that keep their own per-item records (import jobs) pass ``key`` on each item and get it
 back on its outcome; the outcome of an added item is reported inside the transaction that
 stores it, so such records commit with the image or not at all.
@@ -44,10 +47,11 @@ from django.core.files.storage import default_storage
 from django.db import IntegrityError, connection, transaction
 from django.db.models import Q
 
-from catalog import geocode
-from catalog.embedder import ClipEmbedder, get_embedder
+from catalog import geocode, spaces
+from catalog.embedder import ClipEmbedder, EmbedderUnavailable, get_embedder
 from catalog.imaging import ImageMetadata
 from catalog.ingest import decoding, gpu_decoding
+from catalog.ingest.lanes import StoreLanes
 from catalog.ingest.decoding import Decoded, DecodePool, DecodeSpec, Pending
 from catalog.ingest.decoding import short_error as _short
 from catalog.ingest.names import safe_text
@@ -155,15 +159,23 @@ class _Prepared:
 
 def ingest_items(items: Iterable[IngestItem], *, options: IngestOptions,
                  on_outcome: Callable[[ItemOutcome], None] | None = None,
-                 embedder: ClipEmbedder | None = None, decode_workers: int | None = None) -> IngestReport:
+                 embedder: ClipEmbedder | None = None, decode_workers: int | None = None,
+                 store_connections: int | None = None) -> IngestReport:
     """Ingest ``items``; returns one outcome per item (also passed to ``on_outcome`` as it happens).
 
     For an added item ``on_outcome`` runs inside the transaction that stores it: if it raises,
     the image is not stored and the exception propagates. ``decode_workers`` processes decode
-    (default: IMAGESEARCH_DECODE_WORKERS, or sized to the machine when that is 0)."""
+    (default: IMAGESEARCH_DECODE_WORKERS, or sized to the machine when that is 0); batches are
+    stored on ``store_connections`` connections at once (default: IMAGESEARCH_STORE_CONNECTIONS)."""
     decoding.warm_up()  # the decode processes' server starts while the model loads
-    embedder = embedder or get_embedder()
-    space = EmbeddingSpace.objects.ensure(name=embedder.space_name, dimensions=embedder.dimensions)
+    space, active = spaces.active_space_and_model(load=lambda: embedder or get_embedder())
+    builds = _BuildTargets(primary=active, primary_space=space)
+    if embedder is not None and embedder.config != active.config:
+        # A caller's own model (benchmarks): its own space only.
+        space = spaces.ensure_space(config=embedder.config, dimensions=embedder.dimensions,
+                                    state=EmbeddingSpace.State.RETIRED)
+        builds = None
+    embedder = embedder or active
     outcomes: dict[int, ItemOutcome] = {}
 
     def record(prepared: _Prepared, outcome: ItemOutcome, *, reported: bool = False) -> None:
@@ -181,7 +193,8 @@ def ingest_items(items: Iterable[IngestItem], *, options: IngestOptions,
                 record(prepared, _failed(prepared, f"could not be embedded: {_short(error)}"))
             return
         try:
-            stored = _store_safely(list(zip(ready, results, strict=True)), space=space, options=options,
+            per_item = [[(target, vectors[row]) for target, vectors in results] for row in range(len(ready))]
+            stored = _store_safely(list(zip(ready, per_item, strict=True)), options=options,
                                    on_added=on_outcome, write_files=lambda batch: _write_files(batch, writers))
         finally:
             for prepared in ready:
@@ -192,14 +205,23 @@ def ingest_items(items: Iterable[IngestItem], *, options: IngestOptions,
 
     workers = decode_workers or settings.INGEST_DECODE_WORKERS or decoding.default_workers(
         cuda=embedder.pixel_fit()[3].startswith("cuda"))
+    lanes = store_connections or settings.INGEST_STORE_CONNECTIONS
 
-    def embed(pixels: list) -> object:
-        return embedder.embed_prepared([embedder.tensor_from_pixels(p) for p in pixels])
+    def embed(pixels: list, others: list[tuple[EmbeddingSpace, ClipEmbedder]]) -> list:
+        """[(space, vectors)]: the active space's, then those of the spaces being built."""
+        results = [(space, embedder.embed_prepared([embedder.tensor_from_pixels(p) for p in pixels]))]
+        for other_space, other in others:
+            try:
+                results.append((other_space, other.embed_prepared([other.tensor_from_pixels(p) for p in pixels])))
+            except Exception:  # the build job embeds what is missing; the import goes on
+                logger.exception("embedding a batch into %s (being built) failed", other_space.name)
+        return results
 
-    # The model runs on its own thread (torch releases the GIL): while it embeds one batch, this
-    # thread, which owns the database connection, stores the previous one.
+    # The model runs on its own thread (torch releases the GIL): while it embeds one batch, the
+    # previous one is stored, by this thread on its connection or by the store lanes on theirs.
     with ThreadPoolExecutor(max_workers=1, thread_name_prefix="ingest-embed") as model, \
-            ThreadPoolExecutor(max_workers=FILE_WRITERS, thread_name_prefix="ingest-write") as writers:
+            ThreadPoolExecutor(max_workers=FILE_WRITERS * lanes, thread_name_prefix="ingest-write") as writers, \
+            StoreLanes(lanes) as store:
         embedding: tuple[list[_Prepared], Future] | None = None
         for batch in _batched(_prepare_all(items, embedder, workers), embedder.config.batch_size):
             ready = []
@@ -216,12 +238,47 @@ def ingest_items(items: Iterable[IngestItem], *, options: IngestOptions,
                     continue
                 prepared.release()
             previous = embedding
-            embedding = (ready, model.submit(embed, [p.pixels for p in ready])) if ready else None
+            # Spaces being built are looked up per batch, so a build started mid-import gets the rest.
+            others = builds.current() if builds is not None and ready else []
+            embedding = (ready, model.submit(embed, [p.pixels for p in ready], others)) if ready else None
             if previous is not None:
-                store_all(*previous, writers)
+                store.submit(store_all, *previous, writers)
         if embedding is not None:
-            store_all(*embedding, writers)
+            store.submit(store_all, *embedding, writers)
     return IngestReport(outcomes=[outcomes[index] for index in sorted(outcomes)])
+
+
+class _BuildTargets:
+    """The spaces being built (or made active since the import began) that new images are
+    embedded into as well, with their models. A space whose model cannot load here, or cuts its
+    input differently from the active model's (the decode processes cut one input per image), is
+    left to its build job (queued again one lease after a switch, catalog/jobs/builds.py)."""
+
+    def __init__(self, *, primary: ClipEmbedder, primary_space: EmbeddingSpace):
+        self.fit = primary.pixel_fit()[:3]
+        self.primary_space_id = primary_space.pk
+        self.skipped: set[int] = set()
+
+    def current(self) -> list[tuple[EmbeddingSpace, ClipEmbedder]]:
+        targets = []
+        # A space made active since the import began gets the rest too (the one it began with
+        # still gets every image, so both are complete).
+        switched = [space for space in [spaces.active_space()] if space is not None and space.has_model]
+        for space in [*spaces.building_spaces(), *switched]:
+            if space.pk == self.primary_space_id or space.pk in self.skipped:
+                continue
+            try:
+                other = spaces.embedder_for(space)
+                reason = "" if other.pixel_fit()[:3] == self.fit else "its model cuts its input differently"
+            except EmbedderUnavailable as error:
+                reason = str(error)
+            if reason:
+                logger.warning("new images are not embedded into %s (being built) here: %s; its build job "
+                               "embeds them", space.name, reason)
+                self.skipped.add(space.pk)
+            else:
+                targets.append((space, other))
+        return targets
 
 
 def decode_spec(embedder: ClipEmbedder) -> DecodeSpec:
@@ -237,7 +294,7 @@ def _prepare_all(items: Iterable[IngestItem], embedder: ClipEmbedder, workers: i
     chunk, on this (the calling) thread, which owns the database connection."""
     spec = decode_spec(embedder)
     device = embedder.pixel_fit()[3]
-    on_gpu = device.startswith("cuda") and gpu_decoding.available()
+    on_gpu = settings.INGEST_GPU_JPEG_DECODE and device.startswith("cuda") and gpu_decoding.available()
     lookahead = max(2 * embedder.config.batch_size, 2 * workers, 4)
     # The first copy of each hash while it is in flight, then only its outcome: a long run keeps
     # no thumbnails, spools or archive members of what it has finished.
@@ -402,12 +459,12 @@ def _file_names(prepared: _Prepared) -> tuple[str, str]:
             f"thumbnails/{shard}/{prepared.sha256}.jpg")
 
 
-def _store_batch(pairs: list[tuple[_Prepared, object]], *, space: EmbeddingSpace, options: IngestOptions,
+def _store_batch(pairs: list[tuple[_Prepared, list]], *, options: IngestOptions,
                  on_added: Callable[[ItemOutcome], None] | None,
                  write_files: Callable[[list[_Prepared]], None]) -> list[ItemOutcome]:
-    """Store ``pairs`` (item, vector) in one transaction; the outcome of each, in order."""
+    """Store ``pairs`` (item, [(space, vector), ...]) in one transaction; the outcome of each, in order."""
     outcomes: dict[int, ItemOutcome] = {}
-    with _content_locks([prepared.sha256 for prepared, _ in pairs]):
+    with content_locks([prepared.sha256 for prepared, _ in pairs]):
         # Under the locks this is the final word: a concurrent worker has committed or will wait.
         existing = Image.objects.ids_by_hash(prepared.sha256 for prepared, _ in pairs)
         new = []
@@ -422,8 +479,11 @@ def _store_batch(pairs: list[tuple[_Prepared, object]], *, space: EmbeddingSpace
                 write_files([prepared for prepared, _ in new])  # a row never names a missing file
                 with transaction.atomic():
                     images = Image.objects.bulk_create([_image_row(prepared, options) for prepared, _ in new])
-                    Embedding.objects.bulk_create([Embedding(image=image, space=space, vector=vector)
-                                                   for image, (_, vector) in zip(images, new, strict=True)])
+                    # Only into spaces that still exist (a space being built may be dropped meanwhile).
+                    present = spaces.lock_present(target.pk for _, vectors in new for target, _ in vectors)
+                    Embedding.objects.bulk_create([Embedding(image=image, space_id=target.pk, vector=vector)
+                                                   for image, (_, vectors) in zip(images, new, strict=True)
+                                                   for target, vector in vectors if target.pk in present])
                     for image, (prepared, _) in zip(images, new, strict=True):
                         outcome = ItemOutcome(prepared.item.name, prepared.item.source_ref, ItemOutcome.ADDED,
                                               image_id=image.pk, key=prepared.item.key)
@@ -467,7 +527,7 @@ def _write_files(batch: list[_Prepared], writers: ThreadPoolExecutor) -> None:
 
 
 @contextlib.contextmanager
-def _content_locks(hashes: list[str]):
+def content_locks(hashes: list[str]):
     """Session-level advisory locks on ``hashes``: they serialise workers storing the same bytes
     across the transaction and the clean-up after it, so one's clean-up never removes a file the
     other has written and committed. Taken in key order, so two batches never wait on each other

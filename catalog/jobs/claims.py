@@ -78,6 +78,7 @@ def claim_chunk(job_id: uuid.UUID, owner: str, *, size: int, kind: str | None = 
                      .filter(Q(claimed_until__isnull=True) | Q(claimed_until__lte=now)).order_by("id"))
         if kind is not None:
             claimable = claimable.filter(kind=kind)
+        _take_back_expired(job, claimable)
         first = claimable.filter(kind=ImportItem.Kind.ARCHIVE).first() or claimable.first()
         if first is None:
             if kind is not None:
@@ -87,17 +88,11 @@ def claim_chunk(job_id: uuid.UUID, owner: str, *, size: int, kind: str | None = 
                 return ChunkClaim(Claim.EMPTY)
             return ChunkClaim(Claim.BUSY, retry_at=max(held["until"] or now, now))
         chunk = [first]
-        if first.kind != ImportItem.Kind.ARCHIVE and size > 1:
-            chunk += claimable.filter(kind=first.kind, parent_id=first.parent_id, id__gt=first.id)[:size - 1]
-        taken_over = sorted({item.claimed_by for item in chunk if item.claimed_by})
-        if taken_over:
-            # Claims that ran out: their worker died (or stalled). That counts as one failed try,
-            # however many chunks it held: the rest of its claims are freed, not counted again.
-            logger.warning("import %s: taking over items from %s, whose claims ran out", job_id, taken_over)
-            job.attempts += 1
-            rest = claimable.filter(claimed_by__in=taken_over).exclude(pk__in=[item.pk for item in chunk])
-            ImportItem.objects.filter(pk__in=list(rest.values_list("pk", flat=True))).update(
-                claimed_by="", claimed_until=None)
+        # An item a worker died holding is claimed alone, so that one which kills its worker
+        # takes no other item down with it again.
+        if first.kind != ImportItem.Kind.ARCHIVE and size > 1 and not first.attempts:
+            chunk += claimable.filter(kind=first.kind, parent_id=first.parent_id, id__gt=first.id,
+                                      attempts=0)[:size - 1]
         until = now + lease_duration()
         ImportItem.objects.filter(pk__in=[item.pk for item in chunk]).update(claimed_by=owner, claimed_until=until)
         for item in chunk:
@@ -106,6 +101,25 @@ def claim_chunk(job_id: uuid.UUID, owner: str, *, size: int, kind: str | None = 
         job.started_at = job.started_at or now
         job.save(update_fields=["attempts", "state", "started_at"])
     return ChunkClaim(Claim.CLAIMED, chunk)
+
+
+def _take_back_expired(job: ImportJob, claimable) -> None:
+    """Free the items whose claims ran out (their worker died or stalled holding them), each
+    counting one try; an item out of tries fails alone, with a reason, and the job goes on."""
+    expired = list(claimable.exclude(claimed_by="").values_list("pk", "claimed_by"))
+    if not expired:
+        return
+    logger.warning("import %s: taking back %d item(s) from %s, whose claims ran out", job.pk, len(expired),
+                   sorted({owner for _, owner in expired}))
+    ids = [pk for pk, _ in expired]
+    ImportItem.objects.filter(pk__in=ids).update(attempts=F("attempts") + 1, claimed_by="", claimed_until=None)
+    limit = settings.IMPORT_MAX_ATTEMPTS
+    spent = ImportItem.objects.filter(pk__in=ids, attempts__gte=limit).update(
+        state=ImportItem.State.FAILED, updated_at=timezone.now(),
+        error=f"its worker stopped while importing it {limit} time(s) (out of memory, or killed); "
+              f"see the worker log")
+    if spent:
+        ImportJob.objects.filter(pk=job.pk).update(failed=F("failed") + spent)
 
 
 def has_claimable(job_id: uuid.UUID) -> bool:
@@ -145,11 +159,7 @@ def finish(job_id: uuid.UUID) -> bool:
         job = ImportJob.objects.select_for_update().filter(pk=job_id).first()
         if job is None or job.is_finished or job.items.pending().exists():
             return False
-        counts = job.items.counts()
-        job.total, job.added, job.duplicates, job.failed = (
-            counts["total"], counts["added"], counts["duplicates"], counts["failed"])
-        job.state, job.finished_at = ImportJob.State.DONE, timezone.now()
-        job.save(update_fields=["total", "added", "duplicates", "failed", "state", "finished_at"])
+        job.close(ImportJob.State.DONE)
         transaction.on_commit(partial(delete_payloads, job.payload_folder))
     return True
 

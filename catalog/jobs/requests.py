@@ -22,10 +22,12 @@ from django.db import transaction
 from django.db.models import F
 from django.utils import timezone
 from django.utils.text import get_valid_filename
+from django.utils.translation import gettext as _
 
 from catalog.ingest.archives import is_archive
 from catalog.ingest.remote import name_from_url
 from catalog.jobs import tasks
+from catalog.jobs.payloads import delete_payloads
 from catalog.models import ImportItem, ImportJob
 
 MAX_URL_LENGTH = 2048
@@ -42,26 +44,26 @@ def validate_url(url: str) -> str:
     points (private addresses, redirects, content) is checked when the worker fetches it."""
     url = (url or "").strip()
     if not url:
-        raise ImportRequestError("Enter a URL.")
+        raise ImportRequestError(_("Enter a URL."))
     if len(url) > MAX_URL_LENGTH:
-        raise ImportRequestError(f"URL is longer than {MAX_URL_LENGTH} characters.")
+        raise ImportRequestError(_("URL is longer than %(limit)d characters.") % {"limit": MAX_URL_LENGTH})
     try:
         parts = urlsplit(url)
         parts.port  # noqa: B018 - raises ValueError on a bad port
     except ValueError:
-        raise ImportRequestError(f"Not a valid URL: {url[:200]}") from None
+        raise ImportRequestError(_("Not a valid URL: %(url)s") % {"url": url[:200]}) from None
     if parts.scheme.lower() not in ("http", "https"):
-        raise ImportRequestError(f"Only http and https URLs can be imported: {url[:200]}")
+        raise ImportRequestError(_("Only http and https URLs can be imported: %(url)s") % {"url": url[:200]})
     if not parts.hostname:
-        raise ImportRequestError(f"URL has no host: {url[:200]}")
+        raise ImportRequestError(_("URL has no host: %(url)s") % {"url": url[:200]})
     if parts.username is not None or parts.password is not None:
-        raise ImportRequestError("URLs with user names or passwords are not allowed.")
+        raise ImportRequestError(_("URLs with user names or passwords are not allowed."))
     return url
 
 
 def check_url_count(urls: Sequence[str]) -> Sequence[str]:
     if len(urls) > settings.IMPORT_MAX_URLS:
-        raise ImportRequestError(f"At most {settings.IMPORT_MAX_URLS} URLs per import.")
+        raise ImportRequestError(_("At most %(limit)d URLs per import.") % {"limit": settings.IMPORT_MAX_URLS})
     return urls
 
 
@@ -71,7 +73,8 @@ def validate_urls(urls: Sequence[str]) -> list[str]:
 
 def validate_upload(file: UploadedFile) -> UploadedFile:
     if file.size is not None and file.size > settings.IMPORT_MAX_UPLOAD_BYTES:
-        raise ImportRequestError(f"{file.name} is larger than {settings.IMPORT_MAX_UPLOAD_BYTES} bytes.")
+        raise ImportRequestError(_("%(name)s is larger than %(limit)d bytes.")
+                                 % {"name": file.name, "limit": settings.IMPORT_MAX_UPLOAD_BYTES})
     return file
 
 
@@ -84,7 +87,7 @@ def create_job(*, files: Iterable[UploadedFile] = (), urls: Iterable[str] = (), 
     Inputs are expected to be validated already (validate_urls / validate_upload)."""
     files, urls = list(files), list(urls)
     if not files and not urls:
-        raise ImportRequestError("Nothing to import: upload a file or give a URL.")
+        raise ImportRequestError(_("Nothing to import: upload a file or give a URL."))
     job_id = uuid.uuid4()
     stored: list[str] = []
     try:
@@ -125,6 +128,25 @@ def retry_job(job_id: uuid.UUID) -> bool:
             state=ImportJob.State.QUEUED, error="", attempts=0, finished_at=None, failed=F("failed") + lost)
         transaction.on_commit(partial(tasks.enqueue_import, job_id))
     return True
+
+
+def cancel_job(job_id: uuid.UUID) -> bool:
+    """Stop an unfinished job: workers claim none of its items any more (claims.claim_chunk sees a
+    finished job), a chunk already claimed ends on its own, pending items stay pending, and the
+    uploads are deleted. Returns False if the job had finished already."""
+    with transaction.atomic():
+        job = ImportJob.objects.select_for_update().filter(pk=job_id).first()
+        if job is None or job.is_finished:
+            return False
+        job.close(ImportJob.State.CANCELLED)
+        transaction.on_commit(partial(delete_payloads, job.payload_folder))
+    return True
+
+
+def added_images(job: ImportJob, *, limit: int) -> list:
+    """The first ``limit`` images the job added, for thumbnails on its page."""
+    items = job.items.filter(state=ImportItem.State.ADDED, image__isnull=False).select_related("image")
+    return [item.image for item in items.order_by("id")[:limit]]
 
 
 def _fail_items_without_payload(job: ImportJob) -> int:

@@ -9,7 +9,7 @@ from datetime import datetime
 from django_tasks import task
 from django_tasks.backends.immediate import ImmediateBackend
 
-from catalog.jobs import worker
+from catalog.jobs import builds, worker
 
 
 @task()
@@ -55,3 +55,40 @@ def has_queued_import(job_id: uuid.UUID, *, due_now: bool = False) -> bool:
 
 
 SCHEDULER = worker.Scheduler(enqueue=enqueue_import, has_waiting=has_queued_import, invite=invite_import)
+
+
+# --- building embedding spaces (catalog.jobs.builds) ----------------------------------------------
+
+
+@task()
+def run_space_build(space_id: int) -> str:
+    """Embed images missing from embedding space ``space_id``; safe to run any number of times, by
+    any number of workers at once."""
+    return builds.run_build(space_id, scheduler=BUILD_SCHEDULER)
+
+
+def enqueue_build(space_id: int, *, run_after: datetime | None = None) -> None:
+    if run_after is not None:
+        if not run_space_build.get_backend().supports_defer:
+            return
+        run_space_build.using(run_after=run_after).enqueue(space_id)
+    else:
+        run_space_build.enqueue(space_id)
+
+
+def invite_build(space_id: int) -> None:
+    if not isinstance(run_space_build.get_backend(), ImmediateBackend):
+        enqueue_build(space_id)
+
+
+def has_queued_build(space_id: int, *, due_now: bool = False) -> bool:
+    from django_tasks_db.backend import DatabaseBackend
+    from django_tasks_db.models import DBTaskResult
+
+    if not isinstance(run_space_build.get_backend(), DatabaseBackend):
+        return False
+    waiting = DBTaskResult.objects.ready() if due_now else DBTaskResult.objects.filter(status="READY")
+    return waiting.filter(task_path=run_space_build.module_path, args_kwargs__args__0=space_id).exists()
+
+
+BUILD_SCHEDULER = builds.BuildScheduler(enqueue=enqueue_build, has_waiting=has_queued_build, invite=invite_build)

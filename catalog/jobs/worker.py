@@ -14,6 +14,7 @@ from __future__ import annotations
 
 import logging
 import socket
+import threading
 import time
 import uuid
 from collections.abc import Callable, Iterator
@@ -220,6 +221,7 @@ class _Recorder:
     def __init__(self, job_id: uuid.UUID, owner: str):
         self.job_id, self.owner = job_id, owner
         self.count = 0
+        self._counting = threading.Lock()  # outcomes come from the store lanes' threads too
 
     def __call__(self, outcome: ItemOutcome) -> None:
         counter = _COUNTER_FOR[outcome.status]
@@ -233,7 +235,8 @@ class _Recorder:
             if not updated:
                 raise claims.ClaimLost(f"import {self.job_id}: item {outcome.key} is no longer ours")
             ImportJob.objects.filter(pk=self.job_id).update(**{counter: F(counter) + 1})
-        self.count += 1
+        with self._counting:
+            self.count += 1
 
 
 class _ArchiveCursor:

@@ -26,7 +26,7 @@ class _TqdmBar:
 
 
 @contextmanager
-def progress_bar(*, total: int, enabled: bool, stream):
+def progress_bar(*, total: int | None, enabled: bool, stream, unit: str = "img"):
     """``stream`` is a command's ``self.stderr``; lines written through the bar keep it intact."""
     if not enabled:
         yield _NoBar(stream)
@@ -35,5 +35,5 @@ def progress_bar(*, total: int, enabled: bool, stream):
 
     # tqdm redraws with "\r": give it the raw stream, not Django's OutputWrapper (which adds "\n").
     raw = getattr(stream, "_out", stream)
-    with tqdm(total=total, unit="img", file=raw, dynamic_ncols=True) as bar:
+    with tqdm(total=total, unit=unit, file=raw, dynamic_ncols=True) as bar:
         yield _TqdmBar(bar)

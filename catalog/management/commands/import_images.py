@@ -2,7 +2,8 @@ from pathlib import Path
 
 from django.core.management.base import BaseCommand, CommandError
 
-from catalog.embedder import EmbedderUnavailable, get_embedder
+from catalog.embedder import EmbedderUnavailable
+from catalog.spaces import active_space_and_model
 from catalog.ingest.pipeline import IngestOptions, ItemOutcome, ingest_items
 from catalog.ingest.names import safe_text
 from catalog.ingest.sources import folder_listing, looks_like_image, path_items
@@ -48,7 +49,7 @@ class Command(BaseCommand):
 def import_paths(command: BaseCommand, paths, *, root, source, city="", group_key="", show_progress=True):
     """Shared by import_images and load_sample_images: run the pipeline, draw progress, print a summary."""
     try:
-        embedder = get_embedder()  # before the progress bar: a model that cannot load is one clear line
+        _, embedder = active_space_and_model()  # before the progress bar: a model that cannot load is one clear line
     except EmbedderUnavailable as error:
         raise CommandError(str(error)) from None
     with progress_bar(total=len(paths), enabled=show_progress, stream=command.stderr) as bar:

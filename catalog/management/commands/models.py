@@ -1,0 +1,99 @@
+"""Embedding spaces (one per model): list them, build one beside the active one, switch, drop."""
+
+from django.core.management.base import BaseCommand, CommandError
+
+from catalog import spaces
+from catalog.embedder import EmbedderUnavailable
+from catalog.jobs import builds, tasks
+
+MISSING_SHOWN = 20
+
+
+def human_bytes(size: int | None) -> str:
+    if size is None:
+        return "-"
+    for unit in ("B", "KB", "MB", "GB"):
+        if size < 1024 or unit == "GB":
+            return f"{size:.0f} {unit}" if unit == "B" else f"{size:.1f} {unit}"
+        size /= 1024
+    return f"{size:.1f} GB"
+
+
+class Command(BaseCommand):
+    help = ("Embedding spaces, one per model: `models` (or `models list`) shows each one's model, dimensions, "
+            "vectors, coverage, index size and state; `models build ARCH PRETRAINED [--weights FILE]` embeds the "
+            "collection with another model in the background; `models activate NAME [--force]` switches searches "
+            "to it; `models drop NAME` removes a space that does not serve.")
+
+    def add_arguments(self, parser):
+        sub = parser.add_subparsers(dest="action")
+        sub.add_parser("list", help="List the embedding spaces (the default).")
+        build = sub.add_parser("build", help="Create a space for a model and embed every image into it in the "
+                                             "background workers (manage.py db_worker); running it again resumes.")
+        build.add_argument("architecture", help="open_clip architecture, e.g. ViT-B-32.")
+        build.add_argument("pretrained", nargs="?", default="",
+                           help="open_clip pretrained tag, e.g. laion2b_s34b_b79k (not needed with --weights).")
+        build.add_argument("--weights", default=None, help="A local open_clip weights file.")
+        activate = sub.add_parser("activate", help="Serve searches from this space (every process follows "
+                                                   "within one request); needs 100%% coverage unless --force.")
+        activate.add_argument("name")
+        activate.add_argument("--force", action="store_true", help="Switch although images are missing "
+                                                                   "(they are listed and cannot be found).")
+        drop = sub.add_parser("drop", help="Remove a space that does not serve searches: its vectors and index.")
+        drop.add_argument("name")
+
+    def handle(self, *args, action=None, **options):
+        getattr(self, f"_{action or 'list'}")(**options)
+
+    def _list(self, **_):
+        statuses = spaces.space_statuses()
+        if not statuses:
+            self.stdout.write("No embedding spaces yet: the first import creates the configured model's.")
+            return
+        rows = [("NAME", "MODEL", "DIMS", "VECTORS", "COVERAGE", "INDEX", "STATE")]
+        for status in statuses:
+            space = status.space
+            state = space.state + (f" (error: {space.error.splitlines()[0][:80]})" if space.error else "")
+            rows.append((space.name, spaces.model_label(space), str(space.dimensions), str(status.vectors),
+                         f"{status.coverage:.1f}%", human_bytes(status.index_bytes), state))
+        widths = [max(len(row[i]) for row in rows) for i in range(len(rows[0]) - 1)]
+        for row in rows:
+            self.stdout.write("  ".join(cell.ljust(width) for cell, width in zip(row, widths)) + "  " + row[-1])
+
+    def _build(self, architecture, pretrained, weights, **_):
+        if not pretrained and not weights:
+            raise CommandError("Give a pretrained tag (e.g. laion2b_s34b_b79k) or --weights FILE.")
+        try:
+            space = builds.start_build(architecture=architecture, pretrained=pretrained, weights_file=weights,
+                                       enqueue=tasks.enqueue_build)
+        except (EmbedderUnavailable, spaces.SpaceError) as error:
+            raise CommandError(str(error)) from None
+        status = spaces.space_status(space)
+        self.stdout.write(f"Building {space.name} ({space.dimensions}-d): {status.missing} image(s) to embed, "
+                          f"coverage {status.coverage:.1f}%. The workers (manage.py db_worker) do it; follow it "
+                          f"with `manage.py models`, then `manage.py models activate {space.name}`.")
+
+    def _activate(self, name, force, **_):
+        space = spaces.EmbeddingSpace.objects.filter(name=name).first()
+        missing = list(spaces.images_missing_from(space).order_by("pk")[:MISSING_SHOWN + 1]) if space else []
+        try:
+            activation = spaces.activate(name=name, force=force)
+        except spaces.SpaceError as error:
+            raise CommandError(str(error)) from None
+        if activation.missing:
+            self.stderr.write(f"{activation.missing} image(s) have no vector in {name} and cannot be found until "
+                              f"`manage.py models build` embeds them:")
+            for image in missing[:MISSING_SHOWN]:
+                self.stderr.write(f"  missing: image {image.pk} {image.original_name}")
+            if activation.missing > MISSING_SHOWN:
+                self.stderr.write(f"  ... and {activation.missing - MISSING_SHOWN} more")
+        builds.after_switch(activation.space.pk, enqueue=tasks.enqueue_build)
+        previous = f" (was {activation.previous.name}, now retired)" if activation.previous else ""
+        self.stdout.write(f"Searches now use {name}{previous}.")
+
+    def _drop(self, name, **_):
+        try:
+            removed = spaces.drop(name=name)
+        except spaces.SpaceError as error:
+            raise CommandError(str(error)) from None
+        self.stdout.write(f"Dropped {name}: {removed} vector(s) and its index removed.")
