@@ -199,15 +199,21 @@ class SearchResults:
     depth_limit_reached: bool = False  # more results exist, but past the deepest page served
 
 
-def images_search(*, params: SearchParams) -> SearchResults:
-    using = replicas.search_database()
+def _failing_over(run, using: str):
+    """``run(using)``; if the replica ``using`` fails mid-query it is skipped and the primary answers."""
     try:
-        return _search(params, using)
+        return run(using)
     except (OperationalError, InterfaceError):
         if using == "default":
             raise
-        replicas.mark_down(using)  # a replica that fails mid-search is skipped; the primary answers
-        return _search(params, "default")
+        replicas.mark_down(using)
+        return run("default")
+
+
+def images_search(*, params: SearchParams) -> SearchResults:
+    using = replicas.search_database()
+    try:
+        return _failing_over(lambda database: _search(params, database), using)
     except SearchError:
         if using == "default" or params.similar_to is None:
             raise
@@ -282,14 +288,8 @@ def images_browse(*, filters: ImageFilters, sort: str = "added", page: int = 1, 
         raise SearchError(f"page must be between 1 and {MAX_BROWSE_PAGE}.")
     if not (1 <= per_page <= MAX_TOP_K):
         raise SearchError(f"top_k must be between 1 and {MAX_TOP_K}.")
-    using = replicas.search_database()
-    try:
-        return _browse(filters, sort, page, per_page, using)
-    except (OperationalError, InterfaceError):
-        if using == "default":
-            raise
-        replicas.mark_down(using)
-        return _browse(filters, sort, page, per_page, "default")
+    return _failing_over(lambda database: _browse(filters, sort, page, per_page, database),
+                         replicas.search_database())
 
 
 def _browse(filters: ImageFilters, sort: str, page: int, per_page: int, using: str) -> BrowseResults:

@@ -17,7 +17,7 @@ from dataclasses import replace as replace_config
 from pathlib import Path
 
 from django.conf import settings
-from django.db import IntegrityError, connection, transaction
+from django.db import DatabaseError, IntegrityError, connection, transaction
 from django.utils import timezone
 
 from catalog.embedder import ClipEmbedder, EmbedderConfig, EmbedderUnavailable, get_embedder, is_loaded
@@ -36,6 +36,18 @@ class SpaceError(ValueError):
 
 def active_space(*, using: str = "default") -> EmbeddingSpace | None:
     return EmbeddingSpace.objects.using(using).filter(state=State.ACTIVE).first()
+
+
+def serving_config() -> EmbedderConfig:
+    """The model searches use: the active space's, else the configured one (CLIP_MODEL ...), also
+    when the database cannot say (it may not be up yet)."""
+    try:
+        space = active_space()
+        if space is not None and space.has_model:
+            return EmbedderConfig.for_space(space)
+    except (DatabaseError, EmbedderUnavailable):
+        pass
+    return EmbedderConfig.from_settings()
 
 
 def space_for_search(*, using: str = "default") -> EmbeddingSpace | None:
@@ -112,17 +124,20 @@ class SpaceStatus:
         return 100.0 * (self.images - min(self.missing, self.images)) / self.images
 
 
-def space_status(space: EmbeddingSpace) -> SpaceStatus:
+def space_status(space: EmbeddingSpace, *, images: int | None = None) -> SpaceStatus:
+    """``images``: the count of images a space should hold, if the caller has it already."""
     with connection.cursor() as cursor:
         cursor.execute("SELECT pg_relation_size(to_regclass(%s))", [space.index_name])
         index_bytes = cursor.fetchone()[0]
+    if images is None:
+        images = Image.objects.exclude(status=Image.Status.FAILED).count()
     return SpaceStatus(space=space, vectors=Embedding.objects.filter(space=space).count(),
-                       missing=images_missing_from(space).count(),
-                       images=Image.objects.exclude(status=Image.Status.FAILED).count(), index_bytes=index_bytes)
+                       missing=images_missing_from(space).count(), images=images, index_bytes=index_bytes)
 
 
 def space_statuses() -> list[SpaceStatus]:
-    return [space_status(space) for space in EmbeddingSpace.objects.order_by("pk")]
+    images = Image.objects.exclude(status=Image.Status.FAILED).count()  # the same for every space
+    return [space_status(space, images=images) for space in EmbeddingSpace.objects.order_by("pk")]
 
 
 def model_label(space: EmbeddingSpace) -> str:

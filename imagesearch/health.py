@@ -58,27 +58,14 @@ def _database() -> str:
 
 def _model() -> str:
     from catalog import embedder
+    from catalog.spaces import serving_config
 
-    config = _serving_config()
+    # The model searches use (after a switch, the active space's): the configured one would load a third.
+    config = serving_config()
     if embedder.is_loaded(config):  # a peek, never triggers a load here
         return "ok"
     _start_loading(config)
     return f"failed: {_load_error}" if _load_error else "loading"
-
-
-def _serving_config():
-    """The model searches use: the active space's (manage.py models activate), else the
-    configured one. Checking the configured one after a switch would load a third model."""
-    from catalog import spaces
-    from catalog.embedder import EmbedderConfig, EmbedderUnavailable
-
-    try:
-        space = spaces.active_space()
-        if space is not None and space.has_model:
-            return EmbedderConfig.for_space(space)
-    except (DatabaseError, EmbedderUnavailable):  # reported by the database check, or by the load
-        pass
-    return EmbedderConfig.from_settings()
 
 
 def _start_loading(config) -> None:

@@ -72,17 +72,15 @@ def load_model_before_serving() -> None:
     import imagesearch.asgi  # noqa: F401 - sets up Django with the ASGI defaults; uvicorn reuses the module
     from django.db import connections
 
-    from catalog import spaces
     from catalog.embedder import get_embedder
+    from catalog.spaces import serving_config
 
     try:
-        try:  # the model searches use: the active space's (manage.py models), else the configured one
-            active = spaces.active_space()
-        except Exception:  # noqa: BLE001 - database not up yet: the configured model is the best guess
-            active = None
+        try:
+            config = serving_config()  # the active space's model (manage.py models), else the configured one
         finally:
             connections.close_all()
-        spaces.embedder_for(active) if active is not None else get_embedder()
+        get_embedder(config)
     except Exception as exc:  # noqa: BLE001 - serve anyway: /readyz reports the error and retries the load
         print(f"imagesearch: the model did not load before serving: {str(exc).splitlines()[0] if str(exc) else exc!r}",
               file=sys.stderr)
