@@ -31,6 +31,7 @@ class EmbeddingSpaceQuerySet(models.QuerySet):
         # Outside a transaction the index is built CONCURRENTLY: a plain CREATE INDEX scans the
         # whole embedding table holding a lock that stops every import meanwhile.
         concurrently = not connection.in_atomic_block
+        created = False
         if space is None:
             with transaction.atomic():
                 space, created = self.get_or_create(name=name, defaults={"dimensions": dimensions, **defaults})
@@ -40,11 +41,10 @@ class EmbeddingSpaceQuerySet(models.QuerySet):
                     connection.check_constraints()
                     with connection.schema_editor() as editor:
                         editor.add_index(Embedding, space.hnsw_index())
-        if concurrently and not space.index_exists():  # new, or made by a process that died before its index
-            # IF NOT EXISTS: of two processes that get here together, the second does not build it again.
-            with connection.schema_editor(atomic=False) as editor:
-                sql = str(space.hnsw_index().create_sql(Embedding, editor, concurrently=True))
-                editor.execute(sql.replace("CREATE INDEX CONCURRENTLY", "CREATE INDEX CONCURRENTLY IF NOT EXISTS", 1))
+        if concurrently and created:
+            # Only by the process that made the row: a second CREATE INDEX CONCURRENTLY on the same
+            # table waits for the first, which waits for the second's snapshot (a deadlock).
+            space.build_index_concurrently()
         if space.dimensions != dimensions:
             raise ValueError(f"embedding space {name!r} holds {space.dimensions}-d vectors, "
                              f"the model produces {dimensions}-d")
@@ -104,6 +104,12 @@ class EmbeddingSpace(models.Model):
     @property
     def has_model(self) -> bool:
         return bool(self.architecture)
+
+    def build_index_concurrently(self) -> None:
+        """Build its HNSW index without stopping imports (outside a transaction); a no-op if it exists."""
+        with connection.schema_editor(atomic=False) as editor:
+            sql = str(self.hnsw_index().create_sql(Embedding, editor, concurrently=True))
+            editor.execute(sql.replace("CREATE INDEX CONCURRENTLY", "CREATE INDEX CONCURRENTLY IF NOT EXISTS", 1))
 
     def index_exists(self) -> bool:
         """Whether its HNSW index exists, valid or not (a catalog lookup: no lock is taken)."""

@@ -57,6 +57,8 @@ def start_build(*, architecture: str, pretrained: str = "", weights_file: str | 
     embedder = get_embedder(config)
     # Made (with its index) before the transaction, so that the index is built CONCURRENTLY.
     space = spaces.ensure_space(config=config, dimensions=embedder.dimensions, state=State.BUILDING)
+    if not space.index_exists():  # its maker died before building it
+        space.build_index_concurrently()
     with transaction.atomic():
         space = EmbeddingSpace.objects.select_for_update().get(pk=space.pk)
         if space.state != State.ACTIVE:  # the active one (switched with --force) is only filled in
