@@ -56,8 +56,10 @@ EXACT_MIN_ROWS = 20_000
 EXACT_SHARE = 0.30
 EXACT_MAX_ROWS = 400_000
 IDS_MAX_ROWS = 30_000  # a filter on several columns is ranked by the ids it matched, up to this many
-EF_SEARCH_UNFILTERED = 400  # 1,000,000 clustered images: recall@10 0.954 at 200, 0.974 at 400, 0.994 at 1,000
-EF_SEARCH_FILTERED = 400  # at selectivity 1; grows as the filter narrows, up to EF_SEARCH_MAX
+# 1,000,000 clustered images, 50 queries: recall@10 0.974 at 400-700 (one query aims at a tight trip
+# that the walk reaches only from 800 on: recall 0 there), 0.994 at 800 and 1,000.
+EF_SEARCH_UNFILTERED = 800
+EF_SEARCH_FILTERED = 800  # at selectivity 1 (never below the unfiltered walk); grows as the filter narrows
 EF_SEARCH_MAX = 1_000
 MAX_SCAN_TUPLES = 20_000  # pgvector's default, set explicitly so the ranking does not depend on the server
 MAX_DEPTH = 300           # rows of one ranking a page may reach (offset + limit); at 500 a graph walk kept 0.93-0.95

@@ -170,6 +170,20 @@ def test_admin_lists_coverage_and_its_action_activates_only_a_complete_space(adm
     assert spaces.active_space().pk == space.pk
 
 
+def test_resuming_a_known_spaces_build_does_not_load_its_model_in_the_request(admin_client, monkeypatch):
+    space = builds.start_build(architecture=ALT, pretrained="any", enqueue=lambda space_id: None)
+
+    def no_loading(config):
+        raise AssertionError("the model was loaded in the web request")
+
+    monkeypatch.setattr(builds, "get_embedder", no_loading)
+    page = admin_client.post("/admin/catalog/embeddingspace/", {
+        "action": "resume_build", "_selected_action": [space.pk]}, follow=True).content.decode()
+    assert f"{ALT_SPACE} is building." in page
+    with pytest.raises(AssertionError, match="loaded in the web request"):  # a new space still loads it
+        builds.start_build(architecture="ViT-B-32", pretrained="any", enqueue=lambda space_id: None)
+
+
 def test_resume_queues_builds_that_lost_their_task_and_only_those():
     ingest_pictures([("r.png", varied_picture(1))])
     space = builds.start_build(architecture=ALT, pretrained="any", enqueue=lambda space_id: None)

@@ -48,15 +48,18 @@ class BuildScheduler:
 def start_build(*, architecture: str, pretrained: str = "", weights_file: str | Path | None = None,
                 enqueue: Callable[[int], None]) -> EmbeddingSpace:
     """Record the space of this model as building (created with its index if new) and queue its
-    build once committed. Loads the model first: one that cannot load is refused here (raises
-    EmbedderUnavailable), not in the workers. Building again resumes a build, rebuilds a retired
+    build once committed. A new space's model is loaded first: one that cannot load is refused here
+    (raises EmbedderUnavailable), not in the workers. Building again resumes a build, rebuilds a retired
     space's missing vectors, or fills in the active space's (after a switch with ``--force``)."""
     if weights_file is not None and not Path(weights_file).is_file():
         raise EmbedderUnavailable(f"The weights file {weights_file} does not exist.")
     config = spaces.config_for(architecture=architecture, pretrained=pretrained, weights_file=weights_file)
-    embedder = get_embedder(config)
+    known = EmbeddingSpace.objects.filter(name=config.space_name).exclude(architecture="").first()
+    # A known space's build is resumed without loading its model here (the admin calls this inside a
+    # web request); its workers load it and record on the space why it could not load.
+    dimensions = known.dimensions if known is not None else get_embedder(config).dimensions
     # Made (with its index) before the transaction, so that the index is built CONCURRENTLY.
-    space = spaces.ensure_space(config=config, dimensions=embedder.dimensions, state=State.BUILDING)
+    space = spaces.ensure_space(config=config, dimensions=dimensions, state=State.BUILDING)
     if not space.index_exists():  # its maker died before building it
         space.build_index_concurrently()
     with transaction.atomic():
