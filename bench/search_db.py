@@ -364,7 +364,12 @@ def main() -> None:
     parser.add_argument("--halfvec", action="store_true", help="only halfvec against full-precision vector (side table)")
     parser.add_argument("--only", default="", help="only the filter cases whose label contains this")
     parser.add_argument("--load-only", action="store_true", help="load and index the collection, measure nothing")
+    parser.add_argument("--ef-search", type=int, default=None,
+                        help="walk unfiltered (and at least this wide filtered) at this ef_search instead of "
+                             "vector_search.EF_SEARCH_UNFILTERED")
     args = parser.parse_args()
+    if args.ef_search:
+        vector_search.EF_SEARCH_UNFILTERED = vector_search.EF_SEARCH_FILTERED = args.ef_search
 
     started = time.perf_counter()
     collection = make_collection(args.rows, dims=DIMS, seed=args.seed)

@@ -17,7 +17,7 @@ from catalog.accounts.access import RETRY_PERMISSION
 from catalog.accounts.throttling import throttled_page
 from catalog.embedder import EmbedderUnavailable
 from catalog.jobs import requests as import_jobs
-from catalog.models import Embedding, EmbeddingSpace, EvaluationRun, Image, ImportJob
+from catalog.models import Embedding, EmbeddingSpace, EvaluationRun, Image, ImportJob, Video
 from catalog.search import SearchError, SearchParams, images_search
 
 SEMANTIC_PREFIX = "~"
@@ -35,16 +35,30 @@ class ImageAdmin(admin.ModelAdmin):
                                      '(e.g. "{prefix} red car at night"), best matches first.'), prefix=SEMANTIC_PREFIX)
     # Files are content-addressed and written by the import pipeline only (Import jobs → Add).
     readonly_fields = ["preview_large", "file", "thumbnail", "sha256", "width", "height", "taken_at", "latitude",
-                       "longitude", "source", "source_ref", "added_by", "created_at", "status", "status_reason"]
-    fields = ["preview_large", "original_name", "city", "group_key", "file", "thumbnail", "sha256", "width",
+                       "longitude", "source", "source_ref", "added_by", "created_at", "status", "status_reason",
+                       "tags", "attributes",  # from manifests (import again to change them)
+                       "video", "video_time"]
+    fields = ["preview_large", "original_name", "title", "city", "group_key", "tags", "attributes", "file",
+              "thumbnail", "sha256", "width",
               "height", "taken_at", "latitude", "longitude", "source", "source_ref", "added_by", "created_at",
-              "status", "status_reason"]
+              "status", "status_reason", "video", "video_time"]
     list_select_related = ["added_by"]
     date_hierarchy = "created_at"
     list_per_page = 50
 
     def has_add_permission(self, request):
         return False
+
+    # Deleting an image removes its stored files too (catalog/derived_files.py), not only its row.
+    def delete_model(self, request, obj):
+        from catalog.derived_files import delete_images
+
+        delete_images(Image.objects.filter(pk=obj.pk))
+
+    def delete_queryset(self, request, queryset):
+        from catalog.derived_files import delete_images
+
+        delete_images(queryset)
 
     @admin.display(description=_("Preview"))
     def preview(self, image: Image):
@@ -78,6 +92,37 @@ class ImageAdmin(admin.ModelAdmin):
 
     def get_ordering(self, request):
         return ["-search_score"] if _semantic_text(request) is not None else super().get_ordering(request)
+
+
+@admin.register(Video)
+class VideoAdmin(admin.ModelAdmin):
+    """Videos whose key frames are images; read-only. Deleting one deletes its frames with their
+    files (as deleting images does), and the video row and file with the last of them."""
+
+    list_display = ["original_name", "duration", "width", "height", "frame_count", "created_at"]
+    search_fields = ["original_name", "=sha256"]
+    readonly_fields = ["original_name", "file", "sha256", "duration", "width", "height", "created_at"]
+    fields = readonly_fields
+
+    def has_add_permission(self, request):
+        return False
+
+    def has_delete_permission(self, request, obj=None):
+        return request.user.has_perm("catalog.delete_image")
+
+    @admin.display(description=_("Key frames"))
+    def frame_count(self, video: Video) -> int:
+        return video.frames.count()
+
+    def delete_model(self, request, obj):
+        from catalog.derived_files import delete_images
+
+        delete_images(Image.objects.filter(video=obj))
+
+    def delete_queryset(self, request, queryset):
+        from catalog.derived_files import delete_images
+
+        delete_images(Image.objects.filter(video__in=queryset))
 
 
 def _semantic_text(request) -> str | None:

@@ -1,5 +1,6 @@
 """Stored files that follow the rows and the settings: thumbnails regenerated at the configured size,
-and files no row references swept away (``manage.py regenerate_thumbnails`` / ``sweep_orphans``).
+files no row references swept away (``manage.py regenerate_thumbnails`` / ``sweep_orphans``), and a
+deleted image's files removed with it.
 
 Both go through the storage API (local folder or S3), hold one picture or one page of names at a
 time, and are resumable: each step leaves the store consistent, so a killed run is simply run again.
@@ -7,6 +8,7 @@ time, and are resumable: each step leaves the store consistent, so a killed run 
 
 from __future__ import annotations
 
+import logging
 import re
 from collections.abc import Callable, Iterator
 from dataclasses import dataclass
@@ -15,11 +17,14 @@ from datetime import timedelta
 from django.conf import settings
 from django.core.files.base import ContentFile
 from django.core.files.storage import default_storage
+from django.db import transaction
 from django.utils import timezone
 
-from catalog.models import Image
+from catalog.models import Image, Video
 
-SWEPT_FOLDERS = ("images", "thumbnails")
+logger = logging.getLogger(__name__)
+
+SWEPT_FOLDERS = ("images", "thumbnails", "videos")
 _PAGE = 500
 _CONTENT_NAME = re.compile(r"^([0-9a-f]{64})[.-]")
 
@@ -116,6 +121,39 @@ def _replace(name: str, data: bytes) -> None:
         raise OSError(f"storage saved {name!r} as {saved!r}")
 
 
+# --- deleting images -------------------------------------------------------------------------------
+
+
+def delete_images(images) -> int:
+    """Delete the ``images`` (a queryset: rows, vectors) and, once that has committed, their files
+    that no other row names; returns how many images were deleted. Files go after the commit and
+    under the pipeline's per-content lock (an import of the same bytes may be reusing them): a
+    crash in between leaves only unreferenced files, which ``sweep_orphans`` removes."""
+    rows = list(images.values_list("pk", "sha256", "file", "thumbnail"))
+    # A video goes with its last frame (a trigger): its file then too, unless frames are left.
+    videos = list(Video.objects.filter(frames__pk__in=[pk for pk, *_ in rows]).distinct().values_list("sha256", "file"))
+    with transaction.atomic():
+        Image.objects.filter(pk__in=[pk for pk, *_ in rows]).delete()
+        transaction.on_commit(lambda: _remove_files([(sha256, [file, thumb]) for _, sha256, file, thumb in rows]
+                                                    + [(sha256, [file]) for sha256, file in videos]))
+    return len(rows)
+
+
+def _remove_files(owners: list[tuple[str, list[str]]]) -> None:
+    from catalog.ingest.pipeline import content_locks  # the lock key must be the pipeline's own
+
+    for sha256, names in owners:
+        try:
+            with content_locks([sha256]):
+                names = [name for name in names if name]
+                referenced = _referenced(names)
+                for name in names:
+                    if name not in referenced:
+                        default_storage.delete(name)  # a missing file is not an error (storage API)
+        except Exception:  # best effort: the rows are gone; sweep_orphans removes what is left
+            logger.warning("could not remove the files of a deleted image: %s", names, exc_info=True)
+
+
 # --- orphan sweep ---------------------------------------------------------------------------------
 
 
@@ -131,8 +169,8 @@ def sweep_orphans(*, grace: timedelta, dry_run: bool = False,
                   on_removed: Callable[[str], None] | None = None,
                   on_failure: Callable[[str], None] | None = None,
                   on_progress: Callable[[int], None] | None = None) -> SweepReport:
-    """Remove the files under images/ and thumbnails/ that no image row references and that are
-    older than ``grace``.
+    """Remove the files under images/, thumbnails/ and videos/ that no image (or video) row
+    references and that are older than ``grace``.
 
     An import writes a picture's files first and commits its row after them, so for a while every
     import in flight has files that no row references yet. The grace period is what keeps those:
@@ -193,4 +231,5 @@ def _stored_pages() -> Iterator[list[str]]:
 def _referenced(names: list[str]) -> set[str]:
     files = Image.objects.filter(file__in=names).values_list("file", flat=True)
     thumbnails = Image.objects.filter(thumbnail__in=names).values_list("thumbnail", flat=True)
-    return set(files) | set(thumbnails)
+    videos = Video.objects.filter(file__in=names).values_list("file", flat=True)
+    return set(files) | set(thumbnails) | set(videos)

@@ -9,7 +9,7 @@ from catalog.search_input import REGION_FIELDS, build_filters, build_search_para
 PAGE_TOP_K_CHOICES = [(n, str(n)) for n in range(1, 31)]
 CITY_CHOICES_CACHE_SECONDS = 60
 FILTER_FIELDS = ("cities", "min_width", "max_width", "min_height", "max_height", "taken_from", "taken_to",
-                 "orientation", "sort", "top_k", "min_score", "collapse")
+                 "orientation", "attr", "tag", "sort", "top_k", "min_score", "collapse")
 RANGES = (("min_width", "max_width"), ("min_height", "max_height"), ("taken_from", "taken_to"))
 
 
@@ -32,6 +32,35 @@ class CitiesField(forms.MultipleChoiceField):
         super().validate(value)
         if any("\x00" in city for city in value):  # PostgreSQL text cannot hold NUL: refuse it here
             raise forms.ValidationError(_("Null characters are not allowed."), code="null_characters_not_allowed")
+
+
+class _ListInput(forms.TextInput):
+    """One text box for a repeatable parameter: reads every value (``?attr=a:b&attr=c:d``) and shows
+    them joined by "; "."""
+
+    def value_from_datadict(self, data, files, name):
+        return data.getlist(name) if hasattr(data, "getlist") else data.get(name)
+
+    def format_value(self, value):
+        return "; ".join(value) if isinstance(value, (list, tuple)) else super().format_value(value)
+
+
+class SemicolonListField(forms.Field):
+    """Values separated by ";" (or the parameter repeated), e.g. attribute filters or tags."""
+
+    widget = _ListInput
+
+    def __init__(self, *, max_length: int, **kwargs):
+        self.item_max_length = max_length
+        super().__init__(**kwargs)
+
+    def to_python(self, value) -> list[str]:
+        values = value if isinstance(value, (list, tuple)) else [value or ""]
+        items = [item.strip() for text in values for item in str(text).split(";") if item.strip()]
+        if any(len(item) > self.item_max_length or "\x00" in item for item in items):
+            raise forms.ValidationError(_("Each value may have at most %(max)d characters.")
+                                        % {"max": self.item_max_length})
+        return items
 
 
 def iso_date_input() -> forms.DateInput:
@@ -63,6 +92,11 @@ class SearchForm(forms.Form):
         label=_("Orientation"), required=False,
         choices=[("", _("Any"))] + list(zip(ORIENTATIONS, (_("Landscape"), _("Portrait"), _("Square")))),
         error_messages={"invalid_choice": _("Choose landscape, portrait or square.")})
+    attr = SemicolonListField(label=_("Attributes"), required=False, max_length=300,
+                              help_text=_("name:value, several separated by ;"),
+                              widget=_ListInput(attrs={"placeholder": "brand:acme"}))
+    tag = SemicolonListField(label=_("Tags"), required=False, max_length=100,
+                             help_text=_("Several separated by ;"))
     sort = forms.ChoiceField(label=_("Order without a query"), required=False,
                              choices=[("added", _("Newest first")), ("taken", _("Date taken"))],
                              error_messages={"invalid_choice": _("Choose newest first or date taken.")})

@@ -39,8 +39,10 @@ MAX_PAGE = 100
 MAX_SIDE = 2**31 - 1
 MAX_ID = 2**63 - 1
 ORIENTATIONS = ("landscape", "portrait", "square")
+MAX_ATTRIBUTE_FILTERS = 20
 BROWSE_SORTS = ("added", "taken")  # newest added first, or by date taken (undated last)
 MAX_BROWSE_PAGE = 10_000  # OFFSET pagination: deeper pages cost a scan of everything before them
+BROWSE_COUNT_LIMIT = 10_000  # browse counts matches exactly up to this many, then says "more than"
 MIN_REGION_SIDE = 16  # pixels of the source: a smaller box holds too little to search by
 REGION_DECODE_MAX_SIDE = 2048  # bounds a region search's decode to ~12 MP of a 1:3 picture
 _REGION_SLACK = 1e-6  # x + width may exceed 1 by rounding (a client sending 6 decimals, float sums)
@@ -66,8 +68,12 @@ class ImageFilters:
     taken_from: date | None = None   # inclusive
     taken_to: date | None = None     # inclusive (the whole day)
     orientation: str = ""            # "", landscape, portrait or square
+    attributes: tuple[tuple[str, str], ...] = ()  # (name, value) pairs, all must match (Image.attributes)
+    tags: tuple[str, ...] = ()       # all of them (Image.tags)
 
     def __post_init__(self):
+        if len(self.attributes) > MAX_ATTRIBUTE_FILTERS or len(self.tags) > MAX_ATTRIBUTE_FILTERS:
+            raise SearchError(_("At most %(max)d attribute and %(max)d tag filters.") % {"max": MAX_ATTRIBUTE_FILTERS})
         if self.orientation and self.orientation not in ORIENTATIONS:
             raise SearchError(_("orientation must be one of %(choices)s.") % {"choices": ", ".join(ORIENTATIONS)})
         for low, high, label in ((self.min_width, self.max_width, "width"),
@@ -80,13 +86,23 @@ class ImageFilters:
 
     def embedding_q(self) -> Q:
         """The filters over Embedding's copies of the image columns (what a search uses)."""
-        return self.as_q(orientation_column=True)
+        # Attributes and tags are not copied to the embedding rows: the filter joins catalog_image
+        # (its GIN indexes find the matches), in the count and the ranking alike, since both filter
+        # the same queryset (vector_search.nearest). Copies would put a JSON document in every
+        # embedding row (the exact scans read them all) and more trigger work on every import, for a
+        # filter that is rare and usually narrow, where the join costs little.
+        return self.as_q(orientation_column=True, image_prefix="image__")
 
-    def as_q(self, prefix: str = "", *, orientation_column: bool = False) -> Q:
+    def as_q(self, prefix: str = "", *, orientation_column: bool = False, image_prefix: str | None = None) -> Q:
         def q(lookup: str, value) -> Q:
             return Q(**{prefix + lookup: value})
 
+        image_prefix = prefix if image_prefix is None else image_prefix
         result = Q()
+        for name, value in self.attributes:
+            result &= _attribute_q(image_prefix + "attributes__contains", name, value)
+        if self.tags:
+            result &= Q(**{image_prefix + "tags__contains": list(self.tags)})
         if self.cities:
             result &= q("city__in", list(self.cities))
         for lookup, value in (("width__gte", self.min_width), ("width__lte", self.max_width),
@@ -107,6 +123,22 @@ class ImageFilters:
         elif self.orientation == "square":
             result &= q("width", F(prefix + "height"))
         return result
+
+
+def _attribute_q(lookup: str, name: str, value: str) -> Q:
+    """``name`` equals ``value``: as text, or as the number or boolean it spells (manifest
+    attributes keep JSON types; a query string carries text)."""
+    matches = Q(**{lookup: {name: value}})
+    if value in ("true", "false"):
+        matches |= Q(**{lookup: {name: value == "true"}})
+    else:
+        try:
+            number = float(value)
+        except ValueError:
+            number = None
+        if number is not None and math.isfinite(number):
+            matches |= Q(**{lookup: {name: int(number) if number.is_integer() else number}})
+    return matches
 
 
 @dataclass(frozen=True)
@@ -263,17 +295,26 @@ def _search(params: SearchParams, using: str) -> SearchResults:
 @dataclass(frozen=True)
 class BrowseResults:
     hits: list[SearchHit]
-    count: int        # images matching the filters, over all pages
+    count: int        # images matching the filters, counted up to BROWSE_COUNT_LIMIT (+1: more than that)
     page: int
     per_page: int
+    more: bool = False  # another row follows this page
 
     @property
-    def num_pages(self) -> int:
-        return max(1, -(-self.count // self.per_page))
+    def count_limit(self) -> int:
+        return BROWSE_COUNT_LIMIT
+
+    @property
+    def count_exact(self) -> bool:
+        return self.count <= self.count_limit
+
+    @property
+    def num_pages(self) -> int | None:
+        return max(1, -(-self.count // self.per_page)) if self.count_exact else None
 
     @property
     def has_next(self) -> bool:
-        return self.page < min(self.num_pages, MAX_BROWSE_PAGE)
+        return self.more and self.page < MAX_BROWSE_PAGE
 
     @property
     def first_index(self) -> int:
@@ -281,7 +322,8 @@ class BrowseResults:
 
 
 def images_browse(*, filters: ImageFilters, sort: str = "added", page: int = 1, per_page: int = 24) -> BrowseResults:
-    """The collection without a query, filtered like a search, with the true count of matches."""
+    """The collection without a query, filtered like a search, with the count of matches (exact up
+    to BROWSE_COUNT_LIMIT), newest first by the image_browse_* indexes."""
     if sort not in BROWSE_SORTS:
         raise SearchError(f"sort must be one of {', '.join(BROWSE_SORTS)}.")
     if not (1 <= page <= MAX_BROWSE_PAGE):
@@ -297,9 +339,11 @@ def _browse(filters: ImageFilters, sort: str, page: int, per_page: int, using: s
     order = (["-created_at", "-id"] if sort == "added"
              else [F("taken_at").desc(nulls_last=True), "-created_at", "-id"])
     offset = (page - 1) * per_page
-    rows = list(images.order_by(*order)[offset:offset + per_page])
-    return BrowseResults(hits=[SearchHit(image=image, score=None) for image in rows],
-                         count=images.count(), page=page, per_page=per_page)
+    rows = list(images.order_by(*order)[offset:offset + per_page + 1])
+    # Counted up to a limit: an exact count of a million rows costs a second on every page.
+    count = images.values("pk")[:BROWSE_COUNT_LIMIT + 1].count()
+    return BrowseResults(hits=[SearchHit(image=image, score=None) for image in rows[:per_page]],
+                         count=count, page=page, per_page=per_page, more=len(rows) > per_page)
 
 
 def stored_image(*, image_id: int) -> Image | None:

@@ -70,7 +70,18 @@ def build_filters(data: dict) -> ImageFilters:
         min_height=data.get("min_height"), max_height=data.get("max_height"),
         taken_from=data.get("taken_from"), taken_to=data.get("taken_to"),
         orientation=data.get("orientation") or "",
+        attributes=tuple(parse_attribute(text) for text in data.get("attr") or ()),
+        tags=tuple(data.get("tag") or ()),
     )
+
+
+def parse_attribute(text: str) -> tuple[str, str]:
+    """``name:value`` (an attribute filter) as a pair; the value may hold more colons."""
+    name, colon, value = text.partition(":")
+    if not colon or not name.strip():
+        raise SearchError(_("An attribute filter is name:value, e.g. brand:acme (got \"%(text)s\").")
+                          % {"text": text[:100]})
+    return name.strip(), value.strip()
 
 
 def build_search_params(data: dict, *, image=None) -> SearchParams:

@@ -156,6 +156,17 @@ STORAGES = {
     "default": {"BACKEND": env.str("IMAGESEARCH_STORAGE_BACKEND", "django.core.files.storage.FileSystemStorage")},
     "staticfiles": {"BACKEND": "django.contrib.staticfiles.storage.StaticFilesStorage"},
 }
+# S3-compatible storage: django-storages reads these from the settings, not the environment, so
+# they are parsed here (credentials it reads from AWS_ACCESS_KEY_ID / AWS_SECRET_ACCESS_KEY itself).
+AWS_STORAGE_BUCKET_NAME = env.str("AWS_STORAGE_BUCKET_NAME", "") or None
+AWS_S3_ENDPOINT_URL = env.str("AWS_S3_ENDPOINT_URL", "") or None  # e.g. http://minio:9000; empty: AWS
+AWS_S3_REGION_NAME = env.str("AWS_S3_REGION_NAME", "") or None
+AWS_S3_ADDRESSING_STYLE = env.choice("AWS_S3_ADDRESSING_STYLE", "auto", ("auto", "path", "virtual"))
+AWS_S3_CUSTOM_DOMAIN = env.str("AWS_S3_CUSTOM_DOMAIN", "") or None
+# Pages and the API link to signed URLs (private bucket) valid this long; false: plain URLs (public bucket).
+AWS_QUERYSTRING_AUTH = env.bool("AWS_QUERYSTRING_AUTH", True)
+AWS_QUERYSTRING_EXPIRE = env.int("AWS_QUERYSTRING_EXPIRE", 3600, minimum=60)
+AWS_S3_SIGNATURE_VERSION = "s3v4"  # botocore may otherwise sign URLs with the retired SigV2
 # Serve MEDIA_URL from Django itself (fine for a self-hosted single box; put a
 # web server or a bucket in front for heavy traffic).
 SERVE_MEDIA = env.bool("IMAGESEARCH_SERVE_MEDIA", True)
@@ -198,6 +209,19 @@ INGEST_GPU_JPEG_DECODE = env.bool("IMAGESEARCH_GPU_JPEG_DECODE", False)
 INGEST_STORE_CONNECTIONS = env.int("IMAGESEARCH_STORE_CONNECTIONS", 1, minimum=1, maximum=64)
 # Seconds one image may take to decode before it fails (a hostile file can loop a decoder).
 INGEST_DECODE_TIMEOUT = env.int("IMAGESEARCH_DECODE_TIMEOUT", 120, minimum=1, maximum=3600)
+# Videos (catalog/ingest/video.py): key frames by scene change, at least MIN_GAP and at most
+# MAX_GAP seconds apart; every cap is checked on the container's header before any decoding.
+VIDEO_MIN_GAP = env.float("IMAGESEARCH_VIDEO_MIN_GAP", 1.0, minimum=0.0)
+VIDEO_MAX_GAP = env.float("IMAGESEARCH_VIDEO_MAX_GAP", 30.0, minimum=0.1)
+if VIDEO_MAX_GAP < VIDEO_MIN_GAP:
+    raise ImproperlyConfigured("IMAGESEARCH_VIDEO_MAX_GAP must not be less than IMAGESEARCH_VIDEO_MIN_GAP.")
+VIDEO_SAMPLE_INTERVAL = env.float("IMAGESEARCH_VIDEO_SAMPLE_INTERVAL", 0.5, minimum=0.01)
+VIDEO_MAX_DURATION = env.int("IMAGESEARCH_VIDEO_MAX_DURATION", 3600, minimum=1)
+VIDEO_MAX_FRAMES = env.int("IMAGESEARCH_VIDEO_MAX_FRAMES", 200, minimum=1, maximum=10_000)
+VIDEO_MAX_PIXELS = env.int("IMAGESEARCH_VIDEO_MAX_PIXELS", 3840 * 2160, minimum=1)
+VIDEO_MAX_STREAMS = env.int("IMAGESEARCH_VIDEO_MAX_STREAMS", 16, minimum=1, maximum=1000)
+# Seconds one video may take to extract (it replaces IMAGESEARCH_DECODE_TIMEOUT for videos).
+VIDEO_TIMEOUT = env.int("IMAGESEARCH_VIDEO_TIMEOUT", 900, minimum=1, maximum=86_400)
 # Import jobs (uploads, URLs, archives) run in the background worker (manage.py db_worker).
 IMPORT_MAX_UPLOAD_BYTES = env.int("IMAGESEARCH_MAX_UPLOAD_BYTES", 2 * 1024**3, minimum=1)
 IMPORT_MAX_URLS = env.int("IMAGESEARCH_IMPORT_MAX_URLS", 1000, minimum=1)
@@ -210,6 +234,10 @@ IMPORT_MAX_ATTEMPTS = env.int("IMAGESEARCH_IMPORT_MAX_ATTEMPTS", 5, minimum=1)
 # A job task works this long, then queues its continuation: a worker told to stop, and
 # other imports, never wait longer than this for a big import.
 IMPORT_SLICE_SECONDS = env.int("IMAGESEARCH_IMPORT_SLICE_SECONDS", 60, minimum=0)
+# Manifests (catalog/ingest/manifests.py): read row by row, each line, row count and row's attributes capped.
+MANIFEST_MAX_ROWS = env.int("IMAGESEARCH_MANIFEST_MAX_ROWS", 100_000, minimum=1)
+MANIFEST_MAX_LINE_BYTES = env.int("IMAGESEARCH_MANIFEST_MAX_LINE_BYTES", 64 * 1024, minimum=256)
+MANIFEST_MAX_ATTRIBUTES_BYTES = env.int("IMAGESEARCH_MANIFEST_MAX_ATTRIBUTES_BYTES", 4096, minimum=2)
 ARCHIVE_MAX_MEMBERS = env.int("IMAGESEARCH_ARCHIVE_MAX_MEMBERS", 10_000, minimum=1)
 ARCHIVE_MAX_TOTAL_BYTES = env.int("IMAGESEARCH_ARCHIVE_MAX_TOTAL_BYTES", 2 * 1024**3, minimum=1)
 ARCHIVE_MAX_MEMBER_BYTES = env.int("IMAGESEARCH_ARCHIVE_MAX_MEMBER_BYTES", 100 * 1024**2, minimum=1)
@@ -276,13 +304,29 @@ CORS_ALLOW_CREDENTIALS = False  # cross-origin clients use bearer tokens, not th
 
 # Content-Security-Policy: only this site's own scripts (inline ones need the request's nonce).
 # Inline styles stay allowed: the admin and Swagger UI use style attributes; styles cannot run code.
-_CSP_IMG_SRC = ["'self'", "data:", "blob:", *env.list("IMAGESEARCH_CSP_IMG_SRC", [])]
+def _bucket_sources() -> list[str]:
+    """Where S3 storage's links point, so that pages may show them: the custom domain, else the
+    endpoint (path-style and virtual-host-style URLs), else AWS's own hosts."""
+    if "s3" not in STORAGES["default"]["BACKEND"].lower():
+        return []
+    if AWS_S3_CUSTOM_DOMAIN:
+        return [f"https://{AWS_S3_CUSTOM_DOMAIN}"]
+    if AWS_S3_ENDPOINT_URL:
+        from urllib.parse import urlsplit
+
+        endpoint = urlsplit(AWS_S3_ENDPOINT_URL)
+        return [f"{endpoint.scheme}://{endpoint.netloc}", f"{endpoint.scheme}://*.{endpoint.netloc}"]
+    return ["https://*.amazonaws.com"]
+
+
+_CSP_IMG_SRC = ["'self'", "data:", "blob:", *_bucket_sources(), *env.list("IMAGESEARCH_CSP_IMG_SRC", [])]
 CONTENT_SECURITY_POLICY = {
     "DIRECTIVES": {
         "default-src": ["'self'"],
         "script-src": ["'self'", CSP_NONCE],
         "style-src": ["'self'", "'unsafe-inline'"],
         "img-src": _CSP_IMG_SRC,
+        "media-src": _CSP_IMG_SRC,  # videos come from the same storage as pictures
         "connect-src": ["'self'"],
         "object-src": ["'none'"],
         "base-uri": ["'self'"],

@@ -29,17 +29,30 @@ def png_chunk(kind: bytes, data: bytes) -> bytes:
 _CHANNELS = {0: 1, 2: 3, 3: 1, 4: 2, 6: 4}  # PNG colour type -> samples per pixel
 
 
+def zlib_of_repeats(unit: bytes, count: int, block_bytes: int = MB) -> bytes:
+    """zlib.compress(unit * count, 9) in effect, without deflating every copy: after a full flush the
+    compressor starts afresh, so each block of copies deflates to the same bytes, which are repeated.
+    (Deflating the GB of zeros of the big PNGs and zips one by one took a minute of the suite.)"""
+    per_block = max(1, block_bytes // max(1, len(unit)))
+    blocks, rest = divmod(count, per_block)
+    block = unit * per_block
+    compressor = zlib.compressobj(9, zlib.DEFLATED, -15)  # raw deflate: the zlib header and checksum are ours
+    deflated = compressor.compress(block) + compressor.flush(zlib.Z_FULL_FLUSH) if blocks else b""
+    checksum = 1
+    for _ in range(blocks):
+        checksum = zlib.adler32(block, checksum)
+    checksum = zlib.adler32(unit * rest, checksum)
+    body = deflated * blocks + compressor.compress(unit * rest) + compressor.flush()
+    return b"\x78\xda" + body + struct.pack(">I", checksum)
+
+
 def png(width: int, height: int, *, rows: bytes | None = None, depth: int = 8, color: int = 0,
         chunks: bytes = b"") -> bytes:
     """A PNG of ``width`` x ``height``, built row by row (no image in memory); ``rows`` (filtered
     scanlines) default to all-zero samples, b"" for a header-only file that claims the size and
     has no pixels. ``chunks`` (PLTE, tRNS, ...) go before the pixels."""
     if rows is None:
-        row = b"\x00" + b"\x00" * ((width * depth * _CHANNELS[color] + 7) // 8)
-        compressor, parts = zlib.compressobj(9), []
-        for _ in range(height):
-            parts.append(compressor.compress(row))
-        rows = b"".join(parts) + compressor.flush()
+        rows = zlib_of_repeats(b"\x00" + b"\x00" * ((width * depth * _CHANNELS[color] + 7) // 8), height)
     body = png_chunk(b"IHDR", struct.pack(">IIBBBBB", width, height, depth, color, 0, 0, 0)) + chunks
     if rows:
         body += png_chunk(b"IDAT", rows)
@@ -95,14 +108,34 @@ def jpeg_header(width: int, height: int) -> bytes:
 
 def zip_of_zeros(members: int = 16, member_bytes: int = 60 * MB) -> bytes:
     """A small zip that inflates to ``members`` x ``member_bytes`` of zeros (each a "not an image")."""
+    block = b"\x00" * MB
     buffer = io.BytesIO()
     with zipfile.ZipFile(buffer, "w", zipfile.ZIP_DEFLATED, compresslevel=9) as zf:
         for index in range(members):
             with zf.open(f"zeros-{index:02d}.jpg", "w", force_zip64=True) as member:
-                block = b"\x00" * MB
+                # Every write is the same block: deflate it once (see zlib_of_repeats). zipfile still
+                # computes the sizes and CRC; were its compressor attribute renamed, it would deflate as before.
+                member._compressor = _RepeatedBlockDeflater(block)
                 for _ in range(member_bytes // MB):
                     member.write(block)
     return buffer.getvalue()
+
+
+class _RepeatedBlockDeflater:
+    """A level-9 raw deflater for a stream made of one block repeated."""
+
+    def __init__(self, block: bytes):
+        compressor = zlib.compressobj(9, zlib.DEFLATED, -15)
+        self.block = block
+        self.deflated = compressor.compress(block) + compressor.flush(zlib.Z_FULL_FLUSH)
+        self.end = compressor.flush()
+
+    def compress(self, data: bytes) -> bytes:
+        assert data == self.block, "only for repeats of one block"
+        return self.deflated
+
+    def flush(self) -> bytes:
+        return self.end
 
 
 def good_zip(first_index: int, count: int) -> bytes:

@@ -24,3 +24,10 @@ from imagesearch.settings import *  # noqa: E402,F401,F403
 # Static files straight from the app folders, without collectstatic.
 WHITENOISE_USE_FINDERS = True
 WHITENOISE_AUTOREFRESH = True
+# Media on the local disk whatever the environment says: tests talk to loopback only
+# (tests/test_s3.py points the storage at an S3 API server it starts on 127.0.0.1).
+STORAGES = {**STORAGES, "default": {"BACKEND": "django.core.files.storage.FileSystemStorage"}}  # noqa: F405
+AWS_S3_ENDPOINT_URL = AWS_STORAGE_BUCKET_NAME = None
+# Password hashing is not what the tests check, and PBKDF2's 1,000,000 rounds cost about half a second
+# per user made or password login (hundreds in the suite). Production keeps Django's default.
+PASSWORD_HASHERS = ["django.contrib.auth.hashers.MD5PasswordHasher"]

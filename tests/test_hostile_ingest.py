@@ -462,16 +462,25 @@ def worker_env(tmp_path):
 @pytest.mark.slow
 @pytest.mark.django_db(transaction=True)
 def test_worker_under_a_memory_cap_imports_the_hostile_set(worker_env, tmp_path):
-    baseline = int(subprocess.run([sys.executable, "-c", PROBE], env=worker_env, cwd=REPO, check=True,
-                                  capture_output=True, text=True, timeout=120).stdout.split()[-1])
-    cases = hostile.hostile_cases(good=6) + [hostile.Case("big-9000x9000.png", hostile.png(9000, 9000), None)]
+    # The probe loads the model in its own process while this one makes the inputs.
+    probe = subprocess.Popen([sys.executable, "-c", PROBE], env=worker_env, cwd=REPO, stdout=subprocess.PIPE,
+                             stderr=subprocess.PIPE, text=True)
+    try:
+        cases = hostile.hostile_cases(good=6) + [hostile.Case("big-9000x9000.png", hostile.png(9000, 9000), None)]
+        uploads = [SimpleUploadedFile(c.name, c.data) for c in cases]
+        uploads += [SimpleUploadedFile("zeros.zip", hostile.zip_of_zeros()),
+                    SimpleUploadedFile("good.zip", hostile.good_zip(100, 3))]
+        probe_out, probe_err = probe.communicate(timeout=120)
+    finally:
+        if probe.poll() is None:
+            probe.kill()
+            probe.wait()
+    assert probe.returncode == 0, probe_err[-4000:]
+    baseline = int(probe_out.split()[-1])
     expected = {c.name: c.error for c in cases}
     # With the aspect limit lifted, the extreme shapes are legitimate (if useless) images.
     for name in ("wide-20000x1.png", "tall-1x20000.png", "wide-200000x1.png"):
         expected[name] = None
-    uploads = [SimpleUploadedFile(c.name, c.data) for c in cases]
-    uploads += [SimpleUploadedFile("zeros.zip", hostile.zip_of_zeros()),
-                SimpleUploadedFile("good.zip", hostile.good_zip(100, 3))]
     expected.update({f"zeros-{i:02d}.jpg": "not an image" for i in range(16)})
     expected.update({f"photos/{i}.jpg": None for i in range(100, 103)})
     job = jobs.create_job(files=uploads, via=ImportJob.Via.API)
@@ -508,3 +517,42 @@ def test_worker_under_a_memory_cap_imports_the_hostile_set(worker_env, tmp_path)
     assert Image.objects.count() == len(good) == Embedding.objects.count()
     assert set(Image.objects.values_list("original_name", flat=True)) == set(good)
     assert "MemoryError" not in log.read_text()
+
+
+@pytest.mark.django_db
+def test_a_large_file_is_read_in_chunks_and_never_held_whole_in_memory(tmp_path, monkeypatch):
+    from catalog.ingest import pipeline
+    from catalog.ingest.sources import path_items
+
+    big = tmp_path / "big.mp4"  # a large junk "video": hashed and spooled, then refused by its bytes
+    chunk = os.urandom(1 << 20)
+    with big.open("wb") as handle:
+        for _ in range(24):
+            handle.write(chunk)
+    reads = []
+    real_open = Path.open
+
+    def watched_open(path, *args, **kwargs):
+        stream = real_open(path, *args, **kwargs)
+        if path != big:
+            return stream
+        original = stream.read
+
+        def read(size=-1):
+            reads.append(size)
+            return original(size)
+
+        stream.read = read
+        return stream
+
+    monkeypatch.setattr(Path, "open", watched_open)
+    report = ingest_items(path_items([big], root=tmp_path), options=IngestOptions(source="folder"), decode_workers=1)
+    assert [outcome.status for outcome in report.outcomes] == ["failed"]
+    assert reads and all(0 < size <= pipeline.SPOOL_CHUNK for size in reads)  # never read() whole
+
+    prepared = pipeline._read(next(path_items([big], root=tmp_path)), 0)
+    try:
+        assert prepared.sha256 == __import__("hashlib").sha256(big.read_bytes()).hexdigest()
+        assert not isinstance(prepared.held, bytes) and os.path.getsize(prepared.held.name) == big.stat().st_size
+    finally:
+        prepared.release()

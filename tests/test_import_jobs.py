@@ -336,7 +336,7 @@ def test_url_job_fetches_good_urls_and_records_each_bad_one(image_server, stub_r
     assert item_errors(job) == {
         "slow.jpg": "timed out fetching from '127.0.0.1': no data for 0.5 s",
         "loop-a": "too many redirects (redirect loop)",
-        "page.html": "unsupported content type 'text/html': expected an image",
+        "page.html": "unsupported content type 'text/html': expected an image or a video",
         "declared-big.jpg": "response too large: 10485760 bytes exceeds limit of 1048576",
         "endless.jpg": "response too large: more than 1048576 bytes",
         "fake.jpg": "not an image (unrecognised format)",
@@ -517,7 +517,7 @@ def test_a_workers_member_chunks_read_on_through_one_archive_pass(monkeypatch):
     cursor = worker._ArchiveCursor(archive)
     try:
         def names(indexes):
-            return [(i.name, i.read()) for i in cursor.members({n: members[n] for n in indexes})]
+            return [(i.name, i.read().read()) for i in cursor.members({n: members[n] for n in indexes})]  # streams
 
         assert names([0, 1]) == [("0.png", picture(0, fmt="PNG")), ("1.png", picture(1, fmt="PNG"))]
         assert names([3]) == [("3.png", picture(3, fmt="PNG"))] and len(passes) == 1  # read on

@@ -184,6 +184,15 @@ def test_resuming_a_known_spaces_build_does_not_load_its_model_in_the_request(ad
         builds.start_build(architecture="ViT-B-32", pretrained="any", enqueue=lambda space_id: None)
 
 
+def test_building_again_repairs_an_index_that_a_killed_concurrent_build_left_invalid():
+    space = builds.start_build(architecture=ALT, pretrained="any", enqueue=lambda space_id: None)
+    with connection.cursor() as cursor:  # what a CREATE INDEX CONCURRENTLY cut short leaves behind
+        cursor.execute("UPDATE pg_index SET indisvalid = false WHERE indexrelid = to_regclass(%s)", [space.index_name])
+    assert space.index_exists() and not space.has_index()
+    builds.start_build(architecture=ALT, pretrained="any", enqueue=lambda space_id: None)
+    assert space.has_index()
+
+
 def test_resume_queues_builds_that_lost_their_task_and_only_those():
     ingest_pictures([("r.png", varied_picture(1))])
     space = builds.start_build(architecture=ALT, pretrained="any", enqueue=lambda space_id: None)

@@ -67,6 +67,18 @@ def test_browse_count_is_the_grouped_total_not_the_page_size(rf):
     assert "1,234 images" in html and "page 1 of 103" in html and "800×600" in html
 
 
+def test_browse_counts_up_to_a_limit_and_pages_on_past_it(client, stored, monkeypatch):
+    from catalog import search
+
+    monkeypatch.setattr(search, "BROWSE_COUNT_LIMIT", 2)  # a collection of millions, in small
+    hangzhou = sorted((image.pk for image in stored if image.city == "Hangzhou"), reverse=True)
+    pages = [client.get("/", {"cities": "Hangzhou", "top_k": 3, "page": page}) for page in (1, 2)]
+    first, second = (page.content.decode() for page in pages)
+    assert "More than 2 images" in first and "page 1" in first and "4 images" not in first
+    assert 'rel="next"' in first and 'rel="next"' not in second  # the next page is known by reading one more row
+    assert result_ids(pages[0]) + result_ids(pages[1]) == hangzhou
+
+
 def test_browse_by_date_taken_puts_undated_images_last(client, stored):
     dated = stored[:3]
     for day, image in zip((5, 20, 12), dated):

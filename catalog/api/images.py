@@ -22,8 +22,9 @@ class ImagePagination(PageNumberPagination):
 
 
 def _query_params(request: Request) -> dict:
-    """Query parameters with list values kept as lists (``?cities=A&cities=B``)."""
-    return {key: request.query_params.getlist(key) if key == "cities" else request.query_params.get(key)
+    """Query parameters with list values kept as lists (``?cities=A&cities=B``, ``attr``, ``tag``)."""
+    return {key: request.query_params.getlist(key) if key in ("cities", "attr", "tag")
+            else request.query_params.get(key)
             for key in request.query_params}
 
 

@@ -54,6 +54,18 @@ class UploadField(serializers.FileField):
             raise serializers.ValidationError(str(error)) from None
 
 
+@extend_schema_field(OpenApiTypes.BINARY)
+class ManifestField(serializers.FileField):
+    def __init__(self, **kwargs):
+        super().__init__(allow_empty_file=True, use_url=False, **kwargs)
+
+    def to_internal_value(self, data):
+        try:
+            return jobs.validate_manifest(super().to_internal_value(data))
+        except jobs.ImportRequestError as error:
+            raise serializers.ValidationError(str(error)) from None
+
+
 class ImportMetadataSerializer(StrictSerializer):
     city = serializers.CharField(max_length=120, required=False, allow_blank=True, default="",
                                  help_text="City for every image of this import (else taken from GPS).")
@@ -64,11 +76,13 @@ class ImportMetadataSerializer(StrictSerializer):
 class ImageUploadSerializer(ImportMetadataSerializer):
     file = serializers.ListField(
         child=UploadField(), min_length=1,
-        help_text="An image, or a zip / tar / tar.gz archive of images. Repeat the field for several files.")
+        help_text="An image, a video (MP4, MOV, WebM, MKV: its key frames are imported), or a zip / tar / "
+                  "tar.gz archive of them. Repeat the field for several files.")
 
 
 class ImportUrlsSerializer(ImportMetadataSerializer):
-    urls = serializers.ListField(child=ImportUrlField(), allow_empty=False, help_text="http(s) URLs of images.")
+    urls = serializers.ListField(child=ImportUrlField(), allow_empty=False,
+                                 help_text="http(s) URLs of images or videos.")
 
     def validate_urls(self, urls):
         try:
@@ -81,12 +95,17 @@ class ImportCreateSerializer(ImportUrlsSerializer):
     """URLs (JSON or multipart) and/or files (multipart); at least one of them."""
 
     urls = serializers.ListField(child=ImportUrlField(), required=False, allow_empty=True,
-                                 help_text="http(s) URLs of images.")
+                                 help_text="http(s) URLs of images or videos.")
     file = serializers.ListField(child=UploadField(), required=False, allow_empty=True,
-                                 help_text="Images or zip / tar / tar.gz archives. Repeat the field for several.")
+                                 help_text="Images, videos or zip / tar / tar.gz archives (an archive may hold manifest.csv "
+                                           "or manifest.jsonl at its root). Repeat the field for several.")
+    manifest = ManifestField(required=False,
+                             help_text="A CSV or JSON Lines manifest: one image URL per row with its own metadata "
+                                       "(city, group_key, taken_at, title, tags, attributes). Bad rows become "
+                                       "failed items (\"line 7: ...\"); the rest import.")
 
     def validate(self, attrs):
-        if not attrs.get("urls") and not attrs.get("file"):
+        if not attrs.get("urls") and not attrs.get("file") and not attrs.get("manifest"):
             raise serializers.ValidationError(_("Give at least one URL in \"urls\" or upload a \"file\"."))
         return attrs
 
@@ -181,7 +200,8 @@ class ImportCollectionView(StrictQueryMixin, APIView):
         serializer.is_valid(raise_exception=True)
         data = serializer.validated_data
         job = jobs.create_job(files=data.get("file") or (), urls=data.get("urls") or (), city=data["city"],
-                              group_key=data["group_key"], via=ImportJob.Via.API, created_by=request.user)
+                              group_key=data["group_key"], via=ImportJob.Via.API, created_by=request.user,
+                              manifest=data.get("manifest"))
         return _accepted(request, job)
 
 

@@ -5,7 +5,7 @@ from django.utils.translation import gettext as _, gettext_lazy
 from rest_framework import serializers
 
 from catalog.models import Image
-from catalog.search import MAX_ID, MAX_PAGE, MAX_SIDE, MAX_TOP_K, MIN_REGION_SIDE, ORIENTATIONS, SearchError
+from catalog.search import MAX_ATTRIBUTE_FILTERS, MAX_ID, MAX_PAGE, MAX_SIDE, MAX_TOP_K, MIN_REGION_SIDE, ORIENTATIONS, SearchError
 from catalog.vector_search import MAX_DEPTH
 from catalog.search_input import (build_filters, build_region, build_search_params, decode_base64_image,
                                    decode_query_image)
@@ -94,6 +94,13 @@ class ImageFilterSerializer(StrictSerializer):
     taken_from = serializers.DateField(required=False, help_text="Taken on or after this day (UTC).")
     taken_to = serializers.DateField(required=False, help_text="Taken on or before this day (UTC).")
     orientation = serializers.ChoiceField(choices=ORIENTATIONS, required=False)
+    attr = serializers.ListField(child=serializers.CharField(max_length=300), required=False,
+                                 max_length=MAX_ATTRIBUTE_FILTERS,
+                                 help_text="Only images whose attribute equals a value, as name:value (e.g. "
+                                           "brand:acme); repeat for several, all must match.")
+    tag = serializers.ListField(child=serializers.CharField(max_length=100), required=False,
+                                max_length=MAX_ATTRIBUTE_FILTERS,
+                                help_text="Only images with this tag; repeat for several, all must match.")
 
     def validate(self, attrs):
         try:
@@ -180,11 +187,16 @@ class SearchUploadRequestSerializer(SearchRequestSerializer):
 class ImageSerializer(serializers.ModelSerializer):
     image_url = serializers.SerializerMethodField()
     thumbnail_url = serializers.SerializerMethodField()
+    video = serializers.PrimaryKeyRelatedField(read_only=True, allow_null=True,
+                                               help_text="A key frame of a video: the video's id (else null).")
+    video_time = serializers.FloatField(read_only=True, allow_null=True,
+                                        help_text="A key frame's time in its video, in seconds (else null).")
 
     class Meta:
         model = Image
-        fields = ["id", "original_name", "width", "height", "city", "group_key", "taken_at", "latitude",
-                  "longitude", "source", "status", "created_at", "image_url", "thumbnail_url"]
+        fields = ["id", "original_name", "title", "width", "height", "city", "group_key", "tags", "attributes",
+                  "taken_at", "latitude",
+                  "longitude", "source", "status", "created_at", "image_url", "thumbnail_url", "video", "video_time"]
         read_only_fields = fields
 
     @extend_schema_field(OpenApiTypes.URI)

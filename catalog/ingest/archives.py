@@ -49,6 +49,7 @@ from __future__ import annotations
 
 import bz2
 import gzip
+import io
 import lzma
 import re
 import shutil
@@ -113,6 +114,14 @@ class ArchiveMember:
 
     def read(self) -> bytes | None:
         return self.data
+
+    def open(self) -> BinaryIO | None:
+        """The bytes as a file from its start, not read into memory (a manifest is read line by
+        line); None as for ``data``."""
+        if self._spool is None:
+            return None if self._data is None else io.BytesIO(self._data)
+        self._spool.seek(0)
+        return self._spool
 
     def __eq__(self, other):
         if not isinstance(other, ArchiveMember):

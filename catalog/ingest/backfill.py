@@ -19,7 +19,8 @@ from django.db import transaction
 
 from catalog.embedder import ClipEmbedder
 from catalog.imaging import ImageRejected, decode_image
-from catalog.models import Embedding, EmbeddingSpace, Image
+from catalog.ingest.rows import copy_embeddings
+from catalog.models import EmbeddingSpace, Image
 from catalog.spaces import images_missing_from, lock_present
 
 __all__ = ["BackfillReport", "embed_missing", "images_missing_from"]
@@ -62,8 +63,7 @@ def embed_missing(*, space: EmbeddingSpace, embedder: ClipEmbedder,
                 ready.append(image)
                 tensors.append(embedder.prepare_image(decoded.image))
             vectors = embedder.embed_prepared(tensors) if tensors else []
-            Embedding.objects.bulk_create(
-                [Embedding(image=image, space=space, vector=vector) for image, vector in zip(ready, vectors)])
+            copy_embeddings((image.pk, space.pk, vector) for image, vector in zip(ready, vectors, strict=True))
             Image.objects.filter(pk__in=[i.pk for i in ready]).update(status=Image.Status.EMBEDDED,
                                                                        status_reason="")
             report.embedded += len(ready)

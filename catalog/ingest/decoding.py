@@ -3,7 +3,9 @@
 Decoding a 12 MP JPEG is ~30 ms of CPU, much of it holding the GIL (Pillow's Python side, the
 thumbnail, the model crop), so threads stop scaling at about one core. Each child here decodes
 one item at a time and sends back its metadata, its encoded thumbnail and the model input as
-uint8 pixels at the model's input size (~150 KB), never the full-size image.
+uint8 pixels at the model's input size (~150 KB), never the full-size image. A video (known by its
+first bytes) gives the same for each of its key frames (catalog.ingest.video), plus the frame as a
+JPEG; its items wait IMAGESEARCH_VIDEO_TIMEOUT instead of IMAGESEARCH_DECODE_TIMEOUT.
 
 Children import only this module, Pillow, numpy and catalog.imaging: no Django, no torch. They
 are started by forkserver (spawn where there is none), never by fork: the parent holds database
@@ -25,6 +27,7 @@ from dataclasses import dataclass
 import numpy as np
 
 from catalog.imaging import ImageMetadata, ImageRejected, decode_image, fit_model_input, make_thumbnail
+from catalog.ingest import video
 
 CHILD_DIED = "could not be processed: the decoding process died (out of memory, or a decoder crashed)"
 
@@ -40,6 +43,19 @@ class DecodeSpec:
     input_size: int
     resize_mode: str = "shortest"
     resample: str = "BICUBIC"
+    video: video.VideoSpec | None = None  # None: videos are not accepted (decoded as images, and refused)
+
+
+@dataclass(frozen=True)
+class Frame:
+    """A video's key frame, ready to store and embed like an image."""
+
+    time: float  # seconds from the video's first frame
+    width: int
+    height: int
+    image: bytes  # the frame as JPEG
+    thumbnail: bytes
+    pixels: np.ndarray
 
 
 @dataclass(frozen=True)
@@ -48,19 +64,35 @@ class Decoded:
     thumbnail: bytes = b""
     pixels: np.ndarray | None = None  # uint8 HxWx3: the model input before normalisation
     error: str = ""
+    video: video.VideoInfo | None = None  # a video: its key frames in ``frames``, nothing above
+    frames: tuple[Frame, ...] = ()
 
 
 def decode(source: bytes | str, spec: DecodeSpec) -> Decoded:
     """Decode ``source`` (bytes, or the path of a spooled file) into what the pipeline stores and
     embeds. Every failure is returned, never raised: it is that item's, not the pool's."""
     try:
+        if spec.video is not None and video.sniff(video.head_of(source)):
+            return decode_video(source, spec)
         decoded = decode_image(source, max_pixels=spec.max_pixels, min_side=spec.min_side,
                                max_aspect_ratio=spec.max_aspect_ratio)
         return finish(decoded.image, decoded.metadata, spec)
-    except ImageRejected as rejected:
+    except (ImageRejected, video.VideoRejected) as rejected:
         return Decoded(error=str(rejected))
     except Exception as error:  # MemoryError included
         return Decoded(error=f"could not be processed: {short_error(error)}")
+
+
+def decode_video(source: bytes | str, spec: DecodeSpec) -> Decoded:
+    """A video's key frames, each with its thumbnail and model input; raises VideoRejected."""
+
+    def keep(time: float, image) -> Frame:  # made at once: the video's full-size frames never pile up
+        done = finish(image, None, spec)
+        return Frame(time=time, width=image.width, height=image.height, image=video.frame_jpeg(image),
+                     thumbnail=done.thumbnail, pixels=done.pixels)
+
+    info, frames = video.key_frames(source, spec.video, keep=keep)
+    return Decoded(video=info, frames=tuple(frames))
 
 
 def finish(image, metadata: ImageMetadata, spec: DecodeSpec) -> Decoded:
@@ -118,6 +150,7 @@ class Pending:
     generation: int
     source: bytes | str
     spec: DecodeSpec
+    timeout: float | None = None  # instead of the pool's (videos take longer)
 
 
 def completed(decoded: Decoded) -> Pending:
@@ -150,7 +183,7 @@ class DecodePool:
         return ProcessPoolExecutor(max_workers=workers, mp_context=self._context,
                                    initializer=_exit_with, initargs=(os.getpid(),))
 
-    def submit(self, source: bytes | str, spec: DecodeSpec) -> Pending:
+    def submit(self, source: bytes | str, spec: DecodeSpec, *, timeout: float | None = None) -> Pending:
         # `decode` looked up at call time, so a test can put a crashing one in its place.
         with self._lock:
             try:
@@ -158,15 +191,16 @@ class DecodePool:
             except BrokenProcessPool:  # a child died since the last submit: start afresh
                 self._rebuild(self._generation)
                 future = self._pool.submit(_task(), source, spec)
-            return Pending(future, self._generation, source, spec)
+            return Pending(future, self._generation, source, spec, timeout)
 
     def result(self, pending: Pending) -> Decoded:
+        timeout = pending.timeout or self.timeout
         try:
-            return pending.future.result(timeout=self.timeout)
+            return pending.future.result(timeout=timeout)
         except FutureTimeout:
             with self._lock:  # the others in flight see a broken pool and are retried alone, below
                 self._rebuild(pending.generation, kill=True)
-            return Decoded(error=self._too_slow())
+            return Decoded(error=self._too_slow(timeout))
         except BrokenProcessPool:
             pass
         except Exception as error:  # the task raised past its own handler, or its result did not pickle
@@ -175,16 +209,16 @@ class DecodePool:
             self._rebuild(pending.generation)
         # Any item in flight when a child died lands here; alone, only the culprit dies again.
         try:
-            return self._single().submit(_task(), pending.source, pending.spec).result(timeout=self.timeout)
+            return self._single().submit(_task(), pending.source, pending.spec).result(timeout=timeout)
         except (BrokenProcessPool, FutureTimeout) as error:
             _kill(self._alone)
             self._alone = None
-            return Decoded(error=self._too_slow() if isinstance(error, FutureTimeout) else CHILD_DIED)
+            return Decoded(error=self._too_slow(timeout) if isinstance(error, FutureTimeout) else CHILD_DIED)
         except Exception as error:
             return Decoded(error=f"could not be processed: {short_error(error)}")
 
-    def _too_slow(self) -> str:
-        return f"could not be processed: decoding took longer than {self.timeout:g} s"
+    def _too_slow(self, timeout: float) -> str:
+        return f"could not be processed: decoding took longer than {timeout:g} s"
 
     def _rebuild(self, generation: int, *, kill: bool = False) -> None:
         if generation == self._generation:  # once per breakage, however many items saw it

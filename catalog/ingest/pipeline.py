@@ -21,6 +21,11 @@ under a PostgreSQL advisory lock per hash, and rows are inserted only for hashes
 committed row has once the locks are held. The same locks make a worker's clean-up of files
 never remove files another worker has committed.
 
+A video (recognised by its first bytes) is one item: its key frames are decoded in the same
+processes, embedded with the batch, and stored as images of their own (Image.video, video_time)
+with the Video row in one transaction per video, under the lock of the video's hash; a stored
+video's bytes are a duplicate whose outcome names its first frame.
+
 Vectors go into the active embedding space and, while another space is being built, into that
 one too (catalog/spaces.py), in the same transaction as the image row.
 
@@ -40,6 +45,8 @@ from collections import deque
 from collections.abc import Callable, Iterable, Iterator
 from concurrent.futures import Future, ThreadPoolExecutor
 from dataclasses import dataclass, field
+from datetime import datetime, timedelta
+from typing import BinaryIO
 
 from django.conf import settings
 from django.core.files.base import ContentFile, File
@@ -51,11 +58,13 @@ from catalog import geocode, spaces
 from catalog.embedder import ClipEmbedder, EmbedderUnavailable, get_embedder
 from catalog.imaging import ImageMetadata
 from catalog.ingest import decoding, gpu_decoding
+from catalog.ingest import video as videos
 from catalog.ingest.lanes import StoreLanes
 from catalog.ingest.decoding import Decoded, DecodePool, DecodeSpec, Pending
 from catalog.ingest.decoding import short_error as _short
 from catalog.ingest.names import safe_text
-from catalog.models import Embedding, EmbeddingSpace, Image
+from catalog.ingest.rows import copy_embeddings
+from catalog.models import EmbeddingSpace, Image, Video
 
 logger = logging.getLogger(__name__)
 
@@ -64,6 +73,7 @@ EXTENSIONS = {"JPEG": "jpg", "PNG": "png", "WEBP": "webp", "GIF": "gif", "BMP": 
 # An item's bytes wait for storing in memory up to this size, in a temporary file beyond it:
 # a batch of large files (or archive members) in flight then costs disk, not memory.
 IN_MEMORY_BYTES = 1024 * 1024
+SPOOL_CHUNK = 1024 * 1024  # a streamed item (a file) is read and hashed this much at a time
 # Threads writing a batch's files (disk I/O releases the GIL).
 FILE_WRITERS = 4
 
@@ -75,12 +85,17 @@ class ItemRejected(ValueError):
 
 @dataclass(frozen=True)
 class IngestItem:
-    """One candidate image. ``read`` is called lazily, in a worker thread."""
+    """One candidate image. ``read`` is called lazily, in a worker thread, and returns the bytes
+    or a binary stream (which the pipeline reads in chunks and closes: a large video never sits
+    in memory whole)."""
 
     name: str
     source_ref: str
-    read: Callable[[], bytes]
+    read: Callable[[], bytes | BinaryIO]
     key: object = None  # the caller's id for this item, echoed on its outcome
+    # Its own metadata (a manifest row): overrides the run's options (city, group key) and EXIF (taken_at).
+    metadata: "ItemMetadata | None" = None
+    source: str = ""  # an Image.Source for this item, else the run's (a manifest mixes files and URLs)
 
     def __post_init__(self):
         # Names from file systems and archives may carry undecodable bytes (surrogate escapes):
@@ -91,6 +106,18 @@ class IngestItem:
     @classmethod
     def from_bytes(cls, name: str, data: bytes, source_ref: str = "") -> "IngestItem":
         return cls(name=name, source_ref=source_ref or name, read=lambda: data)
+
+
+@dataclass(frozen=True)
+class ItemMetadata:
+    """One item's own metadata; None (city, group key, taken-at): the run's options or EXIF decide."""
+
+    city: str | None = None
+    group_key: str | None = None
+    taken_at: "datetime | None" = None
+    title: str = ""
+    tags: tuple[str, ...] = ()
+    attributes: dict = field(default_factory=dict, hash=False)
 
 
 @dataclass(frozen=True)
@@ -108,9 +135,10 @@ class ItemOutcome:
     name: str
     source_ref: str
     status: str
-    image_id: int | None = None
+    image_id: int | None = None  # a video's: its first frame
     reason: str = ""
     key: object = None
+    frames: int = 0  # a video's key frames stored
 
 
 @dataclass
@@ -145,6 +173,14 @@ class _Prepared:
     error: str = ""
     duplicate_of: int | None = None  # an already stored image with the same bytes
     first_copy: "_Prepared | _Seen | None" = None  # the same bytes earlier in this run
+    is_video: bool = False  # by its first bytes (catalog.ingest.video.sniff)
+    video: videos.VideoInfo | None = None  # a decoded video: its key frames in ``frames``
+    frames: tuple = ()  # decoding.Frame, each stored as an image of its own
+
+    @property
+    def all_pixels(self) -> list:
+        """What the model embeds for it: one input, or one per key frame."""
+        return [frame.pixels for frame in self.frames] if self.video is not None else [self.pixels]
 
     @property
     def source(self) -> bytes | str:
@@ -155,6 +191,7 @@ class _Prepared:
         if hasattr(self.held, "close"):
             self.held.close()
         self.held = self.pixels = None
+        self.frames = ()
 
 
 def ingest_items(items: Iterable[IngestItem], *, options: IngestOptions,
@@ -193,9 +230,24 @@ def ingest_items(items: Iterable[IngestItem], *, options: IngestOptions,
                 record(prepared, _failed(prepared, f"could not be embedded: {_short(error)}"))
             return
         try:
-            per_item = [[(target, vectors[row]) for target, vectors in results] for row in range(len(ready))]
-            stored = _store_safely(list(zip(ready, per_item, strict=True)), options=options,
-                                   on_added=on_outcome, write_files=lambda batch: _write_files(batch, writers))
+            # Rows of the results, in order: one per image, one per key frame of a video.
+            per_input = [[(target, vectors[row]) for target, vectors in results] for row in range(len(results[0][1]))]
+            per_item, row = [], 0
+            for prepared in ready:
+                count = len(prepared.all_pixels)
+                per_item.append(per_input[row] if prepared.video is None else per_input[row:row + count])
+                row += count
+            pairs = list(zip(ready, per_item, strict=True))
+            images = [pair for pair in pairs if pair[0].video is None]
+            stored = dict(zip((id(p) for p, _ in images),
+                              _store_safely(images, options=options, on_added=on_outcome,
+                                            write_files=lambda batch: _write_files(batch, writers))
+                              if images else [], strict=True))
+            for prepared, frame_vectors in pairs:
+                if prepared.video is not None:  # each video in a transaction of its own
+                    stored[id(prepared)] = _store_video_safely(prepared, frame_vectors, options=options,
+                                                               on_added=on_outcome, writers=writers)
+            stored = [stored[id(prepared)] for prepared in ready]
         finally:
             for prepared in ready:
                 prepared.release()
@@ -223,7 +275,8 @@ def ingest_items(items: Iterable[IngestItem], *, options: IngestOptions,
             ThreadPoolExecutor(max_workers=FILE_WRITERS * lanes, thread_name_prefix="ingest-write") as writers, \
             StoreLanes(lanes) as store:
         embedding: tuple[list[_Prepared], Future] | None = None
-        for batch in _batched(_prepare_all(items, embedder, workers), embedder.config.batch_size):
+        for batch in _batched(_prepare_all(items, embedder, workers), embedder.config.batch_size,
+                              weight=lambda prepared: len(prepared.frames) or 1):
             ready = []
             for prepared in batch:
                 first = prepared.first_copy
@@ -240,7 +293,7 @@ def ingest_items(items: Iterable[IngestItem], *, options: IngestOptions,
             previous = embedding
             # Spaces being built are looked up per batch, so a build started mid-import gets the rest.
             others = builds.current() if builds is not None and ready else []
-            embedding = (ready, model.submit(embed, [p.pixels for p in ready], others)) if ready else None
+            embedding = (ready, model.submit(embed, [px for p in ready for px in p.all_pixels], others)) if ready else None
             if previous is not None:
                 store.submit(store_all, *previous, writers)
         if embedding is not None:
@@ -285,7 +338,14 @@ def decode_spec(embedder: ClipEmbedder) -> DecodeSpec:
     size, resize_mode, resample, _ = embedder.pixel_fit()
     return DecodeSpec(max_pixels=settings.IMAGE_MAX_PIXELS, min_side=max(size, settings.THUMBNAIL_MAX_SIDE),
                       max_aspect_ratio=settings.IMAGE_MAX_ASPECT_RATIO, thumbnail_side=settings.THUMBNAIL_MAX_SIDE,
-                      input_size=size, resize_mode=resize_mode, resample=resample)
+                      input_size=size, resize_mode=resize_mode, resample=resample, video=video_spec())
+
+
+def video_spec() -> videos.VideoSpec:
+    return videos.VideoSpec(min_gap=settings.VIDEO_MIN_GAP, max_gap=settings.VIDEO_MAX_GAP,
+                            sample_interval=settings.VIDEO_SAMPLE_INTERVAL, max_duration=settings.VIDEO_MAX_DURATION,
+                            max_frames=settings.VIDEO_MAX_FRAMES, max_pixels=settings.VIDEO_MAX_PIXELS,
+                            max_streams=settings.VIDEO_MAX_STREAMS, max_aspect_ratio=settings.IMAGE_MAX_ASPECT_RATIO)
 
 
 def _prepare_all(items: Iterable[IngestItem], embedder: ClipEmbedder, workers: int) -> Iterator[_Prepared]:
@@ -311,7 +371,9 @@ def _prepare_all(items: Iterable[IngestItem], embedder: ClipEmbedder, workers: i
             DecodePool(workers) as pool:
         in_flight: deque[tuple[_Prepared, Pending | None]] = deque()
         for chunk in _batched(_read_all(items, readers, lookahead), embedder.config.batch_size):
-            known = Image.objects.ids_by_hash(p.sha256 for p in chunk if not p.error)
+            known = Image.objects.ids_by_hash(p.sha256 for p in chunk if not p.error and not p.is_video)
+            if any(p.is_video for p in chunk):  # a stored video: the id of its first frame
+                known.update(Video.objects.first_frames_by_hash(p.sha256 for p in chunk if not p.error and p.is_video))
             entries: list[list] = []
             for_gpu: list[tuple[list, bytes]] = []
             for prepared in chunk:
@@ -326,11 +388,12 @@ def _prepare_all(items: Iterable[IngestItem], embedder: ClipEmbedder, workers: i
                     prepared.release()
                 else:
                     first_by_hash[prepared.sha256] = prepared
-                    data = _bytes_of(prepared) if on_gpu else b""
-                    if on_gpu and gpu_decoding.wanted(data, device=device, available=True):
+                    data = _bytes_of(prepared) if on_gpu and not prepared.is_video else b""
+                    if data and gpu_decoding.wanted(data, device=device, available=True):
                         for_gpu.append((entry, data))
                     else:
-                        entry[1] = pool.submit(prepared.source, spec)
+                        entry[1] = pool.submit(prepared.source, spec,
+                                               timeout=settings.VIDEO_TIMEOUT if prepared.is_video else None)
                 entries.append(entry)
             if for_gpu:  # one batch on the GPU; what it fails on goes to the decode processes, alone
                 results = gpu_decoding.decode_batch(
@@ -352,6 +415,12 @@ def _take(prepared: _Prepared, decoded: Decoded) -> None:
         if decoded.error.startswith("could not be processed"):  # not a plain bad image: worth a look
             logger.warning("preparing %s failed: %s", prepared.item.source_ref, decoded.error)
         prepared.release()
+    elif decoded.video is not None:
+        info = decoded.video
+        prepared.video, prepared.frames = info, decoded.frames
+        # What the frames' rows share (the item's metadata applies to each of them, see _frame_row).
+        prepared.metadata = ImageMetadata(width=info.width, height=info.height, format=videos.VIDEO_FORMAT,
+                                          taken_at=info.taken_at, latitude=None, longitude=None)
     else:
         prepared.metadata, prepared.thumbnail, prepared.pixels = decoded.metadata, decoded.thumbnail, decoded.pixels
 
@@ -384,8 +453,13 @@ def _read(item: IngestItem, index: int) -> _Prepared:
     prepared = _Prepared(item=item, index=index)
     try:
         data = item.read()
-        prepared.sha256 = hashlib.sha256(data).hexdigest()
-        prepared.held = _hold(data)
+        if isinstance(data, (bytes, bytearray)):
+            prepared.sha256 = hashlib.sha256(data).hexdigest()
+            head = bytes(data[:videos.HEADER_BYTES])
+            prepared.held = _hold(data)
+        else:  # a stream (a file): hashed while spooled, never whole in memory, however large
+            prepared.sha256, head, prepared.held = _spool(data)
+        prepared.is_video = videos.sniff(head) is not None
         del data
     except ItemRejected as rejected:
         prepared.error = str(rejected)
@@ -414,6 +488,36 @@ def _hold(data: bytes):
     return spool
 
 
+def _spool(stream) -> tuple[str, bytes, object]:
+    """(SHA-256, first bytes, held) of a binary stream, read in chunks and closed (its close() may
+    refuse what was read, e.g. a watched file that changed meanwhile)."""
+    digest, size, head, kept, spool = hashlib.sha256(), 0, b"", [], None
+    try:
+        while chunk := stream.read(SPOOL_CHUNK):
+            digest.update(chunk)
+            size += len(chunk)
+            if len(head) < videos.HEADER_BYTES:
+                head += chunk[:videos.HEADER_BYTES - len(head)]
+            if spool is None and size > IN_MEMORY_BYTES:
+                spool = tempfile.NamedTemporaryFile(prefix="ingest-", suffix=".item")  # noqa: SIM115 - closed by release()
+                spool.writelines(kept)
+                kept = []
+            if spool is None:
+                kept.append(chunk)
+            else:
+                spool.write(chunk)
+        stream.close()
+        if spool is None:
+            return digest.hexdigest(), head, b"".join(kept)
+        spool.flush()
+        return digest.hexdigest(), head, spool
+    except BaseException:
+        stream.close()
+        if spool is not None:
+            spool.close()
+        raise
+
+
 class _CallerError(Exception):
     """Wraps an exception raised by the caller's ``on_outcome``: it is the run's, not the item's."""
 
@@ -428,8 +532,12 @@ def _failed(prepared: _Prepared, reason: str) -> ItemOutcome:
 
 
 def _duplicate(prepared: _Prepared, existing_id: int | None) -> ItemOutcome:
+    reason = "already stored"
+    if prepared.item.metadata is not None:  # a manifest row: say that its metadata went nowhere
+        reason = (f"already stored (image {existing_id}); this row's metadata was not applied" if existing_id
+                  else "the same file as an earlier item; this row's metadata was not applied")
     return ItemOutcome(prepared.item.name, prepared.item.source_ref, ItemOutcome.DUPLICATE, image_id=existing_id,
-                       reason="already stored", key=prepared.item.key)
+                       reason=reason, key=prepared.item.key)
 
 
 def _store_safely(pairs: list[tuple[_Prepared, object]], **store) -> list[ItemOutcome]:
@@ -481,9 +589,9 @@ def _store_batch(pairs: list[tuple[_Prepared, list]], *, options: IngestOptions,
                     images = Image.objects.bulk_create([_image_row(prepared, options) for prepared, _ in new])
                     # Only into spaces that still exist (a space being built may be dropped meanwhile).
                     present = spaces.lock_present(target.pk for _, vectors in new for target, _ in vectors)
-                    Embedding.objects.bulk_create([Embedding(image=image, space_id=target.pk, vector=vector)
-                                                   for image, (_, vectors) in zip(images, new, strict=True)
-                                                   for target, vector in vectors if target.pk in present])
+                    copy_embeddings((image.pk, target.pk, vector)
+                                    for image, (_, vectors) in zip(images, new, strict=True)
+                                    for target, vector in vectors if target.pk in present)
                     for image, (prepared, _) in zip(images, new, strict=True):
                         outcome = ItemOutcome(prepared.item.name, prepared.item.source_ref, ItemOutcome.ADDED,
                                               image_id=image.pk, key=prepared.item.key)
@@ -502,15 +610,110 @@ def _store_batch(pairs: list[tuple[_Prepared, list]], *, options: IngestOptions,
 
 def _image_row(prepared: _Prepared, options: IngestOptions) -> Image:
     meta = prepared.metadata
-    city = options.city
+    own = prepared.item.metadata or ItemMetadata()
+    city = own.city if own.city is not None else options.city
     if not city and meta.latitude is not None and meta.longitude is not None:
         city = geocode.city_at(meta.latitude, meta.longitude)
     file_name, thumb_name = _file_names(prepared)
     return Image(file=file_name, thumbnail=thumb_name, sha256=prepared.sha256, original_name=prepared.item.name[:255],
-                 width=meta.width, height=meta.height, city=city[:120], group_key=options.group_key[:120],
-                 taken_at=meta.taken_at, latitude=meta.latitude, longitude=meta.longitude, source=options.source,
-                 source_ref=prepared.item.source_ref[:1000], status=Image.Status.EMBEDDED,
-                 added_by_id=options.added_by_id)
+                 width=meta.width, height=meta.height, city=city[:120],
+                 group_key=(own.group_key if own.group_key is not None else options.group_key)[:120],
+                 taken_at=own.taken_at or meta.taken_at, title=own.title[:255], tags=list(own.tags),
+                 attributes=dict(own.attributes), latitude=meta.latitude, longitude=meta.longitude,
+                 source=prepared.item.source or options.source, source_ref=prepared.item.source_ref[:1000],
+                 status=Image.Status.EMBEDDED, added_by_id=options.added_by_id)
+
+
+def _frame_key(video_sha256: str, time: float) -> str:
+    """A key frame's Image.sha256: derived from its video's hash and its time, not from the frame's
+    own bytes, so that identical frames of two videos (black, a title card) are two images."""
+    return hashlib.sha256(f"video-frame:{video_sha256}:{time:.3f}".encode()).hexdigest()
+
+
+def _video_files(prepared: _Prepared) -> list[tuple[str, object]]:
+    """(storage name, bytes or held file) of a video and each of its frames and thumbnails."""
+    sha = prepared.sha256
+    suffix = videos.sniff(_head(prepared)) or "video"
+    files: list[tuple[str, object]] = [(f"videos/{sha[:2]}/{sha}.{suffix}", prepared.held)]
+    for frame in prepared.frames:
+        key = _frame_key(sha, frame.time)
+        files += [(f"images/{key[:2]}/{key}.jpg", frame.image), (f"thumbnails/{key[:2]}/{key}.jpg", frame.thumbnail)]
+    return files
+
+
+def _head(prepared: _Prepared) -> bytes:
+    if isinstance(prepared.held, (bytes, bytearray)):
+        return bytes(prepared.held[:videos.HEADER_BYTES])
+    prepared.held.seek(0)
+    return prepared.held.read(videos.HEADER_BYTES)
+
+
+def _frame_row(prepared: _Prepared, frame, video: Video, options: IngestOptions) -> Image:
+    """A key frame's row: the item's (the video's) metadata, the frame's own file, size and time."""
+    row = _image_row(prepared, options)
+    row.sha256 = _frame_key(prepared.sha256, frame.time)
+    row.file, row.thumbnail = f"images/{row.sha256[:2]}/{row.sha256}.jpg", f"thumbnails/{row.sha256[:2]}/{row.sha256}.jpg"
+    row.width, row.height = frame.width, frame.height
+    row.video, row.video_time = video, frame.time
+    if row.taken_at is not None and row.taken_at == prepared.video.taken_at:  # the recording's start
+        row.taken_at += timedelta(seconds=frame.time)
+    return row
+
+
+def _store_video_safely(prepared: _Prepared, frame_vectors: list, **store) -> ItemOutcome:
+    try:
+        return _store_video(prepared, frame_vectors, **store)
+    except _CallerError as wrapped:
+        raise wrapped.error from None
+    except Exception as error:
+        if isinstance(error, IntegrityError):
+            existing = Video.objects.first_frames_by_hash([prepared.sha256]).get(prepared.sha256)
+            if existing is not None:
+                return _duplicate(prepared, existing)
+        logger.exception("storing %s failed", prepared.item.source_ref)
+        return _failed(prepared, f"could not be stored: {_short(error)}")
+
+
+def _store_video(prepared: _Prepared, frame_vectors: list, *, options: IngestOptions,
+                 on_added: Callable[[ItemOutcome], None] | None, writers: ThreadPoolExecutor) -> ItemOutcome:
+    """Store a video, its key frames (as images) and their vectors in one transaction: all or nothing.
+    ``frame_vectors``: [(space, vector), ...] per frame. Under the locks of the video's hash and of
+    its frames' keys (the orphan sweep takes those of the files it removes)."""
+    files = _video_files(prepared)
+    with content_locks([prepared.sha256, *(_frame_key(prepared.sha256, f.time) for f in prepared.frames)]):
+        existing = Video.objects.first_frames_by_hash([prepared.sha256]).get(prepared.sha256)
+        if existing is not None:
+            return _duplicate(prepared, existing)
+        committed = False
+        try:
+            jobs = [writers.submit(_write_once, name, data) for name, data in files]
+            for job in jobs:  # all finish before a failure is raised, so clean-up sees every file
+                job.exception()
+            for job in jobs:
+                job.result()
+            info = prepared.video
+            with transaction.atomic():
+                video = Video.objects.create(file=files[0][0], sha256=prepared.sha256,
+                                             original_name=prepared.item.name[:255], duration=info.duration,
+                                             width=info.width, height=info.height)
+                images = Image.objects.bulk_create([_frame_row(prepared, frame, video, options)
+                                                    for frame in prepared.frames])
+                present = spaces.lock_present(target.pk for vectors in frame_vectors for target, _ in vectors)
+                copy_embeddings((image.pk, target.pk, vector)
+                                for image, vectors in zip(images, frame_vectors, strict=True)
+                                for target, vector in vectors if target.pk in present)
+                outcome = ItemOutcome(prepared.item.name, prepared.item.source_ref, ItemOutcome.ADDED,
+                                      image_id=images[0].pk, key=prepared.item.key, frames=len(images))
+                if on_added is not None:
+                    try:
+                        on_added(outcome)
+                    except Exception as error:
+                        raise _CallerError(error) from error
+            committed = True
+        finally:
+            if not committed:
+                _remove_unreferenced([name for name, _ in files])
+    return outcome
 
 
 def _write_files(batch: list[_Prepared], writers: ThreadPoolExecutor) -> None:
@@ -552,7 +755,7 @@ def _remove_unreferenced(names: list[str]) -> None:
     if not names:
         return
     try:
-        referenced = set()
+        referenced = set(Video.objects.filter(file__in=names).values_list("file", flat=True))
         for file, thumbnail in Image.objects.filter(Q(file__in=names) | Q(thumbnail__in=names)).values_list(
                 "file", "thumbnail"):
             referenced.update((file, thumbnail))
@@ -582,12 +785,15 @@ def _write_once(name: str, data) -> str:
     return saved
 
 
-def _batched(iterable: Iterable, size: int) -> Iterator[list]:
+def _batched(iterable: Iterable, size: int, *, weight: Callable[[object], int] = lambda _: 1) -> Iterator[list]:
+    """Lists of elements whose weights add up to ``size`` or just past it (a video weighs its frames)."""
     batch: list = []
+    total = 0
     for element in iterable:
         batch.append(element)
-        if len(batch) >= size:
+        total += weight(element)
+        if total >= size:
             yield batch
-            batch = []
+            batch, total = [], 0
     if batch:
         yield batch

@@ -452,7 +452,7 @@ def _open(target: _Target, addresses, deadline: _Deadline):
             target.request_target,
             headers={
                 "User-Agent": _USER_AGENT,
-                "Accept": "image/*, */*;q=0.1",
+                "Accept": "image/*, video/*, */*;q=0.1",
                 "Accept-Encoding": "identity",
                 "Connection": "close",
             },
@@ -488,11 +488,11 @@ def _read_body(conn, response, target: _Target, policy: FetchPolicy, deadline: _
 
 def _check_content_type(raw: str | None, policy: FetchPolicy) -> str:
     media = (raw or "").split(";", 1)[0].strip().lower()
-    if media.startswith("image/") and len(media) > len("image/"):
-        return media
+    if media.startswith(("image/", "video/")) and media not in ("image/", "video/"):
+        return media  # a video's bytes are sniffed again when decoded (catalog/ingest/video.py)
     if policy.allow_archives and media in ARCHIVE_CONTENT_TYPES:
         return media
-    raise FetchRejected(f"unsupported content type {media or '(none)'!r}: expected an image")
+    raise FetchRejected(f"unsupported content type {media or '(none)'!r}: expected an image or a video")
 
 
 # --------------------------------------------------------------------------

@@ -2,19 +2,23 @@
 
 from __future__ import annotations
 
+import functools
+
 from collections.abc import Iterator
 from pathlib import Path
 
 from catalog.ingest.pipeline import IngestItem
 
-# What a folder import tries by default. Other files (sidecar .json/.xmp, videos, notes) are
-# counted and left alone rather than reported as failed images.
+# What a folder import tries by default: images and videos (their key frames). Other files (sidecar
+# .json/.xmp, notes) are counted and left alone rather than reported as failed images.
 IMAGE_SUFFIXES = frozenset({".jpg", ".jpeg", ".jpe", ".png", ".webp", ".gif", ".bmp", ".dib", ".tif", ".tiff",
                             ".heic", ".heif", ".hif", ".avif", ".mpo"})
+VIDEO_SUFFIXES = frozenset({".mp4", ".m4v", ".mov", ".qt", ".webm", ".mkv", ".avi"})
 
 
 def looks_like_image(path: Path) -> bool:
-    return path.suffix.lower() in IMAGE_SUFFIXES
+    """Whether a folder import tries it by default (an image or a video; the bytes decide which)."""
+    return path.suffix.lower() in IMAGE_SUFFIXES or path.suffix.lower() in VIDEO_SUFFIXES
 
 
 def folder_listing(root: Path, *, recursive: bool) -> tuple[list[Path], int]:
@@ -37,4 +41,4 @@ def path_items(paths: list[Path], *, root: Path | None = None) -> Iterator[Inges
         # Names that are not valid UTF-8 arrive with surrogate escapes: IngestItem makes them safe,
         # while the path itself still opens.
         name = str(path.relative_to(root)) if root else path.name
-        yield IngestItem(name=name, source_ref=str(path), read=path.read_bytes)
+        yield IngestItem(name=name, source_ref=str(path), read=functools.partial(path.open, "rb"))

@@ -60,8 +60,8 @@ def start_build(*, architecture: str, pretrained: str = "", weights_file: str | 
     dimensions = known.dimensions if known is not None else get_embedder(config).dimensions
     # Made (with its index) before the transaction, so that the index is built CONCURRENTLY.
     space = spaces.ensure_space(config=config, dimensions=dimensions, state=State.BUILDING)
-    if not space.index_exists():  # its maker died before building it
-        space.build_index_concurrently()
+    if not space.has_index():  # its maker died before building it, or while building it
+        space.repair_index_concurrently()
     with transaction.atomic():
         space = EmbeddingSpace.objects.select_for_update().get(pk=space.pk)
         if space.state != State.ACTIVE:  # the active one (switched with --force) is only filled in

@@ -24,6 +24,7 @@ from django.utils import timezone
 from django.utils.text import get_valid_filename
 from django.utils.translation import gettext as _
 
+from catalog.ingest import manifests
 from catalog.ingest.archives import is_archive
 from catalog.ingest.remote import name_from_url
 from catalog.jobs import tasks
@@ -79,15 +80,18 @@ def validate_upload(file: UploadedFile) -> UploadedFile:
 
 
 def create_job(*, files: Iterable[UploadedFile] = (), urls: Iterable[str] = (), city: str = "",
-               group_key: str = "", via: str, created_by=None) -> ImportJob:
+               group_key: str = "", via: str, created_by=None, manifest: UploadedFile | None = None) -> ImportJob:
     """Store the uploads, create the job and its items, and queue the job once committed.
 
-    Each file becomes one item: an image, or an archive the worker expands into its members.
-    ``created_by`` (a user, or None for the command line) is recorded on the job and its images.
-    Inputs are expected to be validated already (validate_urls / validate_upload)."""
+    Each file becomes one item: an image, or an archive the worker expands into its members (an
+    archive with a manifest at its root gives its members that manifest's metadata). Each URL row
+    of ``manifest`` becomes a URL item carrying the row's metadata; each bad row a failed item
+    ("line 7: ..."). ``created_by`` (a user, or None for the command line) is recorded on the job
+    and its images. Inputs are expected to be validated already (validate_urls / validate_upload)."""
     files, urls = list(files), list(urls)
-    if not files and not urls:
+    if not files and not urls and manifest is None:
         raise ImportRequestError(_("Nothing to import: upload a file or give a URL."))
+    rows = _manifest_rows(manifest) if manifest is not None else iter(())
     job_id = uuid.uuid4()
     stored: list[str] = []
     try:
@@ -104,12 +108,64 @@ def create_job(*, files: Iterable[UploadedFile] = (), urls: Iterable[str] = (), 
                 items.append(ImportItem(job=job, kind=kind, name=name, payload=payload))
             items += [ImportItem(job=job, kind=ImportItem.Kind.URL, name=url_name(url), url=url) for url in urls]
             ImportItem.objects.bulk_create(items)
+            count, failed = _add_manifest_items(job, rows)
+            if count:
+                ImportJob.objects.filter(pk=job.pk).update(total=F("total") + count, failed=failed)
+                job.refresh_from_db(fields=["total", "failed"])
             transaction.on_commit(partial(tasks.enqueue_import, job.pk))
     except BaseException:
         for name in stored:  # the rows are gone with the rollback; so must be their bytes
             default_storage.delete(name)
         raise
     return job
+
+
+def validate_manifest(manifest: UploadedFile) -> UploadedFile:
+    """An uploaded manifest whose header (and first row) can be read; else ImportRequestError."""
+    validate_upload(manifest)
+    _manifest_rows(manifest)
+    return manifest
+
+
+def _manifest_rows(manifest: UploadedFile):
+    try:
+        # Its rows become items inside this request: as many as the URLs one request may give
+        # (a larger manifest goes inside an archive, expanded by the workers, or to import_images).
+        return manifests.opened_rows(manifest, name=manifest.name or "",
+                                     limits=manifests.ManifestLimits.from_settings(max_rows=settings.IMPORT_MAX_URLS))
+    except manifests.ManifestRejected as rejected:
+        raise ImportRequestError(_("%(name)s: %(reason)s") % {"name": _display_name(manifest.name or "manifest"),
+                                                              "reason": rejected}) from None
+
+
+def _add_manifest_items(job: ImportJob, rows, *, batch: int = 1000) -> tuple[int, int]:
+    """Items for an uploaded manifest's rows, written in batches (a manifest is read row by row):
+    URL rows become URL items with their metadata; others fail with their line's reason. Returns
+    (items, of which failed)."""
+    count = failed = 0
+    pending: list[ImportItem] = []
+    for row in rows:
+        if isinstance(row, manifests.RowError):
+            reason = str(row)
+        elif row.source != "url":
+            reason = str(manifests.RowError(row.line, _("%(source)s rows need the manifest inside an archive "
+                                                       "(or manage.py import_images --manifest)")
+                                            % {"source": row.source}))
+        else:
+            reason = ""
+        if reason:
+            failed += 1
+            pending.append(ImportItem(job=job, kind=ImportItem.Kind.URL, name=_("manifest line %(line)d")
+                                      % {"line": row.line}, state=ImportItem.State.FAILED, error=reason))
+        else:
+            pending.append(ImportItem(job=job, kind=ImportItem.Kind.URL, name=row.name, url=row.target,
+                                      metadata=manifests.metadata_json(row.metadata)))
+        count += 1
+        if len(pending) >= batch:
+            ImportItem.objects.bulk_create(pending)
+            pending = []
+    ImportItem.objects.bulk_create(pending)
+    return count, failed
 
 
 PAYLOAD_GONE = "the uploaded file was deleted when the import failed; upload it again"

@@ -18,6 +18,7 @@ import threading
 import time
 import uuid
 from collections.abc import Callable, Iterator
+from contextlib import closing
 from dataclasses import dataclass
 from datetime import datetime, timedelta
 from functools import partial
@@ -27,9 +28,12 @@ from django.core.files.storage import default_storage
 from django.db import transaction
 from django.db.models import F
 from django.utils import timezone
+from django.utils.translation import gettext as _
 
 from catalog.embedder import EmbedderUnavailable
+from catalog.ingest import manifests
 from catalog.ingest.archives import ArchiveLimits, ArchiveRejected, iter_archive
+from catalog.ingest.manifests import metadata_from_json
 from catalog.ingest.pipeline import IngestItem, IngestOptions, ItemOutcome, ItemRejected, ingest_items
 from catalog.ingest.remote import FetchPolicy, FetchRejected, fetch_url
 from catalog.jobs import claims
@@ -161,10 +165,11 @@ def _ingest_chunks(job_id: uuid.UUID, chunk: list[ImportItem], owner: str, deadl
 def _ingest_items(chunk: list[ImportItem], cursors: dict[int, _ArchiveCursor]) -> Iterator[IngestItem]:
     first = chunk[0]
     if first.kind == ImportItem.Kind.UPLOAD:
-        return (IngestItem(name=i.name, source_ref=i.name, read=partial(_read_payload, i.payload), key=i.pk)
-                for i in chunk)
+        return (IngestItem(name=i.name, source_ref=i.name, read=partial(_read_payload, i.payload), key=i.pk,
+                           metadata=metadata_from_json(i.metadata)) for i in chunk)
     if first.kind == ImportItem.Kind.URL:
-        return (IngestItem(name=i.name, source_ref=i.url, read=partial(_fetch, i.url), key=i.pk) for i in chunk)
+        return (IngestItem(name=i.name, source_ref=i.url, read=partial(_fetch, i.url), key=i.pk,
+                           metadata=metadata_from_json(i.metadata)) for i in chunk)
     if first.parent_id not in cursors:
         cursors[first.parent_id] = _ArchiveCursor(ImportItem.objects.get(pk=first.parent_id))
     return cursors[first.parent_id].members({item.member_index: item for item in chunk})
@@ -191,7 +196,10 @@ def _expand_archive(job_id: uuid.UUID, archive: ImportItem, owner: str) -> None:
         members, error = [], str(rejected)
     except OSError as oserror:
         members, error = [], f"cannot read the uploaded archive: {oserror.strerror or oserror}"
-    if not members and not error:
+    extra: list[ImportItem] = []
+    if members and not error:
+        members, extra, error = _apply_archive_manifest(job_id, archive, members)
+    if not members and not extra and not error:
         error = "the archive holds no files"
     with transaction.atomic():
         if not ImportItem.objects.select_for_update().filter(
@@ -202,12 +210,66 @@ def _expand_archive(job_id: uuid.UUID, archive: ImportItem, owner: str) -> None:
             archive.save(update_fields=["state", "error", "updated_at"])
             ImportJob.objects.filter(pk=job_id).update(failed=F("failed") + 1)
         else:
-            ImportItem.objects.bulk_create(members, batch_size=1000)
+            ImportItem.objects.bulk_create(members + extra, batch_size=1000)
             archive.state = ImportItem.State.EXPANDED
             archive.save(update_fields=["state", "updated_at"])
-            failed = sum(1 for m in members if m.state == ImportItem.State.FAILED)
-            ImportJob.objects.filter(pk=job_id).update(total=F("total") + len(members) - 1,
+            failed = sum(1 for m in members + extra if m.state == ImportItem.State.FAILED)
+            ImportJob.objects.filter(pk=job_id).update(total=F("total") + len(members) + len(extra) - 1,
                                                        failed=F("failed") + failed)
+
+
+def _apply_archive_manifest(job_id: uuid.UUID, archive: ImportItem,
+                            members: list[ImportItem]) -> tuple[list[ImportItem], list[ImportItem], str]:
+    """An archive with ``manifest.csv`` or ``manifest.jsonl`` at its root: the members its rows
+    name (``member`` or ``path``) carry their row's metadata, its ``url`` rows become URL items,
+    its bad rows failed items ("line 7: ..."); the manifest itself is not an image. Members it
+    does not name are imported with the job's metadata. Returns (members, extra items, error)."""
+    manifest = next((m for name in manifests.ARCHIVE_MANIFEST_NAMES for m in members
+                     if m.name == name and m.state == ImportItem.State.PENDING), None)
+    if manifest is None:
+        return members, [], ""
+    members = [m for m in members if m is not manifest]
+    by_name = {m.name: m for m in members}
+    named: dict[str, int] = {}  # member name -> line naming it
+    extra: list[ImportItem] = []
+
+    def failed(line: int, reason: str) -> None:
+        extra.append(ImportItem(job_id=job_id, kind=ImportItem.Kind.MEMBER, parent=archive,
+                                name=f"{manifest.name}:{line}", state=ImportItem.State.FAILED,
+                                error=str(manifests.RowError(line, reason))))
+
+    limits = manifests.ManifestLimits.from_settings(max_rows=settings.ARCHIVE_MAX_MEMBERS)
+    try:
+        with default_storage.open(archive.payload, "rb") as fh, \
+                closing(iter_archive(fh, limits=archive_limits())) as pass_:
+            for member in pass_:
+                if member.name != manifest.name:
+                    continue
+                stream = member.open()
+                if stream is None:
+                    return members, [], f"{manifest.name}: {member.error or 'unreadable'}"
+                for row in manifests.opened_rows(stream, name=manifest.name, limits=limits):
+                    if isinstance(row, manifests.RowError):
+                        failed(row.line, row.reason)
+                    elif row.source == "url":
+                        extra.append(ImportItem(job_id=job_id, kind=ImportItem.Kind.URL, name=row.name[:1024],
+                                                url=row.target, metadata=manifests.metadata_json(row.metadata)))
+                    elif row.target in named:
+                        failed(row.line, _("\"%(name)s\" is named on line %(first)d already")
+                               % {"name": row.target, "first": named[row.target]})
+                    elif row.target not in by_name or by_name[row.target].state != ImportItem.State.PENDING:
+                        failed(row.line, _("no image \"%(name)s\" in the archive") % {"name": row.target})
+                    else:
+                        named[row.target] = row.line
+                        by_name[row.target].metadata = manifests.metadata_json(row.metadata)
+                break
+    except manifests.ManifestRejected as rejected:
+        return members, [], f"{manifest.name}: {rejected}"
+    except ArchiveRejected as rejected:
+        return members, [], str(rejected)
+    except OSError as error:
+        return members, [], f"cannot read the uploaded archive: {error.strerror or error}"
+    return members, extra, ""
 
 
 # --------------------------------------------------------------------------
@@ -286,20 +348,20 @@ class _ArchiveCursor:
 
 def _member_item(archive: ImportItem, item: ImportItem, member, error: str | None) -> IngestItem:
     return IngestItem(name=item.name, source_ref=f"{archive.name}:{item.name}",
-                      read=partial(_member_bytes, member, error), key=item.pk)
+                      read=partial(_member_bytes, member, error), key=item.pk,
+                      metadata=metadata_from_json(item.metadata))
 
 
-def _member_bytes(member, error: str | None) -> bytes:
-    # Read in the decode worker: the member waits in its spool, not in memory, until then.
-    data = member.read() if member is not None and error is None else None
-    if data is None:
+def _member_bytes(member, error: str | None):
+    # The member waits in its spool, not in memory; the pipeline reads it from there in chunks.
+    stream = member.open() if member is not None and error is None else None
+    if stream is None:
         raise ItemRejected(error or "unreadable archive member")
-    return data
+    return stream
 
 
-def _read_payload(name: str) -> bytes:
-    with default_storage.open(name, "rb") as fh:
-        return fh.read()
+def _read_payload(name: str):
+    return default_storage.open(name, "rb")  # read in chunks and closed by the pipeline
 
 
 def _fetch(url: str) -> bytes:

@@ -42,9 +42,13 @@ class MultipleFileField(forms.FileField):
 class ImportForm(forms.Form):
     """Shared by the import page and the admin's "add import" page."""
 
-    files = MultipleFileField(label=gettext_lazy("Images or archives (zip, tar, tar.gz)"), required=False)
+    files = MultipleFileField(label=gettext_lazy("Images, videos or archives (zip, tar, tar.gz)"), required=False)
     urls = forms.CharField(label=gettext_lazy("…or image URLs, one per line"), required=False,
                            widget=forms.Textarea(attrs={"rows": 4, "placeholder": "https://example.com/photo.jpg"}))
+    manifest = forms.FileField(
+        label=gettext_lazy("…or a manifest (CSV or JSON Lines): one image URL per row, with its own metadata"),
+        required=False, allow_empty_file=True,
+        help_text=gettext_lazy("An archive may hold manifest.csv or manifest.jsonl at its root instead."))
     city = forms.CharField(label=gettext_lazy("City"), max_length=120, required=False,
                            help_text=gettext_lazy("For every image (else taken from GPS)."))
     group_key = forms.CharField(label=gettext_lazy("Group key"), max_length=120, required=False,
@@ -57,16 +61,24 @@ class ImportForm(forms.Form):
         except jobs.ImportRequestError as error:
             raise forms.ValidationError(str(error)) from None
 
+    def clean_manifest(self):
+        manifest = self.cleaned_data.get("manifest")
+        try:
+            return jobs.validate_manifest(manifest) if manifest else None
+        except jobs.ImportRequestError as error:
+            raise forms.ValidationError(str(error)) from None
+
     def clean(self):
         cleaned = super().clean()
-        if not self.errors and not cleaned.get("files") and not cleaned.get("urls"):
+        if not self.errors and not cleaned.get("files") and not cleaned.get("urls") and not cleaned.get("manifest"):
             raise forms.ValidationError(_("Choose a file to upload or enter at least one URL."))
         return cleaned
 
     def create_job(self, via: str, created_by) -> ImportJob:
         data = self.cleaned_data
         return jobs.create_job(files=data["files"], urls=data["urls"], city=data["city"],
-                               group_key=data["group_key"], via=via, created_by=created_by)
+                               group_key=data["group_key"], via=via, created_by=created_by,
+                               manifest=data.get("manifest"))
 
 
 @login_required
