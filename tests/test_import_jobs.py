@@ -13,11 +13,10 @@ import os
 import socket
 import stat
 import tarfile
-import threading
 import time
 import zipfile
 from datetime import datetime, timezone
-from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
+from http.server import BaseHTTPRequestHandler
 
 import pytest
 from django.core.files.storage import default_storage
@@ -33,6 +32,7 @@ from catalog.ingest.pipeline import ItemRejected
 from catalog.jobs import claims, tasks, worker
 from catalog.jobs import requests as jobs
 from catalog.models import Embedding, Image, ImportItem, ImportJob
+from tests.loopback import http_server
 
 pytestmark = pytest.mark.django_db
 
@@ -293,13 +293,8 @@ class _Handler(BaseHTTPRequestHandler):
 @pytest.fixture
 def image_server():
     _Handler.images = {"/photo.jpg": picture(1), "/dir/second.jpg": picture(2)}
-    server = ThreadingHTTPServer(("127.0.0.1", 0), _Handler)
-    server.daemon_threads = True
-    thread = threading.Thread(target=server.serve_forever, daemon=True)
-    thread.start()
-    yield f"http://127.0.0.1:{server.server_address[1]}"
-    server.shutdown()
-    server.server_close()
+    with http_server(_Handler) as base:
+        yield base
 
 
 @pytest.fixture

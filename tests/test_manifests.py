@@ -6,10 +6,9 @@ from __future__ import annotations
 
 import io
 import json
-import threading
 import zipfile
 from datetime import UTC, datetime
-from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
+from http.server import BaseHTTPRequestHandler
 
 import numpy as np
 import pytest
@@ -22,6 +21,7 @@ from catalog import vector_search
 from catalog.jobs import tasks
 from catalog.models import Embedding, Image, ImportItem, ImportJob
 from catalog.spaces import active_space
+from tests.loopback import http_server
 from tests.conftest import varied_picture
 
 pytestmark = pytest.mark.django_db
@@ -154,12 +154,8 @@ class _Images(BaseHTTPRequestHandler):
 def image_server(settings):
     settings.FETCH_ALLOWED_HOSTS = ["127.0.0.1"]
     _Images.images = {"/one.jpg": photo(11), "/two.jpg": photo(12)}
-    server = ThreadingHTTPServer(("127.0.0.1", 0), _Images)
-    thread = threading.Thread(target=server.serve_forever, daemon=True)
-    thread.start()
-    yield f"http://127.0.0.1:{server.server_address[1]}"
-    server.shutdown()
-    server.server_close()
+    with http_server(_Images) as base:
+        yield base
 
 
 @pytest.fixture

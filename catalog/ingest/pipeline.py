@@ -596,16 +596,21 @@ def _store_batch(pairs: list[tuple[_Prepared, list]], *, options: IngestOptions,
                         outcome = ItemOutcome(prepared.item.name, prepared.item.source_ref, ItemOutcome.ADDED,
                                               image_id=image.pk, key=prepared.item.key)
                         outcomes[prepared.index] = outcome
-                        if on_added is not None:
-                            try:
-                                on_added(outcome)
-                            except Exception as error:
-                                raise _CallerError(error) from error
+                        _announce(on_added, outcome)
             committed = True
         finally:
             if not committed:
                 _remove_unreferenced([name for prepared, _ in new for name in _file_names(prepared)])
     return [outcomes[prepared.index] for prepared, _ in pairs]
+
+
+def _announce(on_added: Callable[[ItemOutcome], None] | None, outcome: ItemOutcome) -> None:
+    """Tell the caller, inside the storing transaction, so that its own records commit with the rows."""
+    if on_added is not None:
+        try:
+            on_added(outcome)
+        except Exception as error:
+            raise _CallerError(error) from error
 
 
 def _image_row(prepared: _Prepared, options: IngestOptions) -> Image:
@@ -704,11 +709,7 @@ def _store_video(prepared: _Prepared, frame_vectors: list, *, options: IngestOpt
                                 for target, vector in vectors if target.pk in present)
                 outcome = ItemOutcome(prepared.item.name, prepared.item.source_ref, ItemOutcome.ADDED,
                                       image_id=images[0].pk, key=prepared.item.key, frames=len(images))
-                if on_added is not None:
-                    try:
-                        on_added(outcome)
-                    except Exception as error:
-                        raise _CallerError(error) from error
+                _announce(on_added, outcome)
             committed = True
         finally:
             if not committed:
