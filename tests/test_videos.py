@@ -243,6 +243,15 @@ def test_folder_import_takes_videos_by_extension(tmp_path, media_root):
     assert error is None, (out, err)
     assert "Videos added: 2, as 3 key frame(s)." in out
     assert Video.objects.count() == 2
+    a = Video.objects.get(original_name="a.mp4")  # without a group key of its own: one group per video
+    assert {f.group_key for f in a.frames.all()} == {f"video-{a.sha256[:16]}"}
+    from catalog.search import SearchParams, images_search
+
+    def frames_of_a(collapse: bool) -> int:
+        hits = images_search(params=SearchParams(text="a harbour", top_k=10, collapse_groups=collapse)).hits
+        return [hit.image.video_id for hit in hits].count(a.pk)
+
+    assert (frames_of_a(False), frames_of_a(True)) == (2, 1)
 
 
 class _VideoHandler(BaseHTTPRequestHandler):

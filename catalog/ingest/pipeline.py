@@ -660,6 +660,8 @@ def _frame_row(prepared: _Prepared, frame, video: Video, options: IngestOptions)
     row.file, row.thumbnail = f"images/{row.sha256[:2]}/{row.sha256}.jpg", f"thumbnails/{row.sha256[:2]}/{row.sha256}.jpg"
     row.width, row.height = frame.width, frame.height
     row.video, row.video_time = video, frame.time
+    if not row.group_key:  # a video's frames are one group: "one per group" searches show one frame of it
+        row.group_key = f"video-{prepared.sha256[:16]}"
     if row.taken_at is not None and row.taken_at == prepared.video.taken_at:  # the recording's start
         row.taken_at += timedelta(seconds=frame.time)
     return row
