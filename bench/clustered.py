@@ -422,12 +422,13 @@ def load_collection(collection: Collection, *, space_name: str, dims: int | None
         taken[np.isnat(collection.taken_at)] = "\\N"
         with cursor.cursor.copy(
                 "COPY catalog_image (id, file, thumbnail, sha256, original_name, width, height, city, group_key, "
-                "taken_at, source, source_ref, created_at, status, status_reason) FROM STDIN") as copy:
+                "taken_at, source, source_ref, created_at, status, status_reason, title, tags, attributes) "
+                "FROM STDIN") as copy:
             for start in range(0, n, CHUNK):
                 copy.write("".join(
                     f"{first + i}\tbench/{tag}/{i}.jpg\t\t{tag}{i:056x}\t{i}.jpg\t{collection.width[i]}\t"
                     f"{collection.height[i]}\t{collection.city[i]}\t{collection.group_key[i]}\t"
-                    f"{taken[i]}\tfolder\t\t{now}\tembedded\t\n"
+                    f"{taken[i]}\tfolder\t\t{now}\tembedded\t\t\t{{}}\t{{}}\n"  # no title, tags or attributes
                     for i in range(start, min(n, start + CHUNK))))
         timings["images_s"] = time.perf_counter() - started
 
