@@ -20,7 +20,7 @@ from django.core.files.storage import default_storage
 from django.db import transaction
 from django.utils import timezone
 
-from catalog.models import Image, Video
+from catalog.models import Image, Video, files_in_use
 
 logger = logging.getLogger(__name__)
 
@@ -146,7 +146,7 @@ def _remove_files(owners: list[tuple[str, list[str]]]) -> None:
         try:
             with content_locks([sha256]):
                 names = [name for name in names if name]
-                referenced = _referenced(names)
+                referenced = files_in_use(names)
                 for name in names:
                     if name not in referenced:
                         default_storage.delete(name)  # a missing file is not an error (storage API)
@@ -186,7 +186,7 @@ def sweep_orphans(*, grace: timedelta, dry_run: bool = False,
     cutoff = timezone.now() - grace
     for names in _stored_pages():
         report.scanned += len(names)
-        referenced = _referenced(names)
+        referenced = files_in_use(names)
         for name in names:
             if name in referenced:
                 continue
@@ -196,7 +196,7 @@ def sweep_orphans(*, grace: timedelta, dry_run: bool = False,
                     continue
                 match = _CONTENT_NAME.match(name.rsplit("/", 1)[-1])
                 with content_locks([match[1]] if match else []):
-                    if _referenced([name]):
+                    if files_in_use([name]):
                         continue
                     if not dry_run:
                         default_storage.delete(name)
@@ -226,10 +226,3 @@ def _stored_pages() -> Iterator[list[str]]:
         files = sorted(files)
         for start in range(0, len(files), _PAGE):
             yield [f"{folder}/{name}" for name in files[start:start + _PAGE]]
-
-
-def _referenced(names: list[str]) -> set[str]:
-    files = Image.objects.filter(file__in=names).values_list("file", flat=True)
-    thumbnails = Image.objects.filter(thumbnail__in=names).values_list("thumbnail", flat=True)
-    videos = Video.objects.filter(file__in=names).values_list("file", flat=True)
-    return set(files) | set(thumbnails) | set(videos)

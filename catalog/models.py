@@ -199,6 +199,14 @@ class Video(models.Model):
         return self.original_name or self.sha256[:12]
 
 
+def files_in_use(names: list[str]) -> set[str]:
+    """Those of ``names`` (storage names) that a row names: an image's file or thumbnail, a video's file."""
+    files = Image.objects.filter(file__in=names).values_list("file", flat=True)
+    thumbnails = Image.objects.filter(thumbnail__in=names).values_list("thumbnail", flat=True)
+    videos = Video.objects.filter(file__in=names).values_list("file", flat=True)
+    return set(files) | set(thumbnails) | set(videos)
+
+
 class ImageQuerySet(models.QuerySet):
     def ids_by_hash(self, hashes) -> dict[str, int]:
         """{sha256: id} of the images among ``hashes`` that are stored already (one query)."""

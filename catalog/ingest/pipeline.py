@@ -52,7 +52,6 @@ from django.conf import settings
 from django.core.files.base import ContentFile, File
 from django.core.files.storage import default_storage
 from django.db import IntegrityError, connection, transaction
-from django.db.models import Q
 
 from catalog import geocode, spaces
 from catalog.embedder import ClipEmbedder, EmbedderUnavailable, get_embedder
@@ -64,7 +63,7 @@ from catalog.ingest.decoding import Decoded, DecodePool, DecodeSpec, Pending
 from catalog.ingest.decoding import short_error as _short
 from catalog.ingest.names import safe_text
 from catalog.ingest.rows import copy_embeddings
-from catalog.models import EmbeddingSpace, Image, Video
+from catalog.models import EmbeddingSpace, Image, Video, files_in_use
 
 logger = logging.getLogger(__name__)
 
@@ -173,7 +172,7 @@ class _Prepared:
     error: str = ""
     duplicate_of: int | None = None  # an already stored image with the same bytes
     first_copy: "_Prepared | _Seen | None" = None  # the same bytes earlier in this run
-    is_video: bool = False  # by its first bytes (catalog.ingest.video.sniff)
+    video_kind: str | None = None  # a video's container by its first bytes (catalog.ingest.video.sniff)
     video: videos.VideoInfo | None = None  # a decoded video: its key frames in ``frames``
     frames: tuple = ()  # decoding.Frame, each stored as an image of its own
 
@@ -371,9 +370,9 @@ def _prepare_all(items: Iterable[IngestItem], embedder: ClipEmbedder, workers: i
             DecodePool(workers) as pool:
         in_flight: deque[tuple[_Prepared, Pending | None]] = deque()
         for chunk in _batched(_read_all(items, readers, lookahead), embedder.config.batch_size):
-            known = Image.objects.ids_by_hash(p.sha256 for p in chunk if not p.error and not p.is_video)
-            if any(p.is_video for p in chunk):  # a stored video: the id of its first frame
-                known.update(Video.objects.first_frames_by_hash(p.sha256 for p in chunk if not p.error and p.is_video))
+            known = Image.objects.ids_by_hash(p.sha256 for p in chunk if not p.error and not p.video_kind)
+            if any(p.video_kind for p in chunk):  # a stored video: the id of its first frame
+                known.update(Video.objects.first_frames_by_hash(p.sha256 for p in chunk if not p.error and p.video_kind))
             entries: list[list] = []
             for_gpu: list[tuple[list, bytes]] = []
             for prepared in chunk:
@@ -388,12 +387,12 @@ def _prepare_all(items: Iterable[IngestItem], embedder: ClipEmbedder, workers: i
                     prepared.release()
                 else:
                     first_by_hash[prepared.sha256] = prepared
-                    data = _bytes_of(prepared) if on_gpu and not prepared.is_video else b""
+                    data = _bytes_of(prepared) if on_gpu and not prepared.video_kind else b""
                     if data and gpu_decoding.wanted(data, device=device, available=True):
                         for_gpu.append((entry, data))
                     else:
                         entry[1] = pool.submit(prepared.source, spec,
-                                               timeout=settings.VIDEO_TIMEOUT if prepared.is_video else None)
+                                               timeout=settings.VIDEO_TIMEOUT if prepared.video_kind else None)
                 entries.append(entry)
             if for_gpu:  # one batch on the GPU; what it fails on goes to the decode processes, alone
                 results = gpu_decoding.decode_batch(
@@ -459,7 +458,7 @@ def _read(item: IngestItem, index: int) -> _Prepared:
             prepared.held = _hold(data)
         else:  # a stream (a file): hashed while spooled, never whole in memory, however large
             prepared.sha256, head, prepared.held = _spool(data)
-        prepared.is_video = videos.sniff(head) is not None
+        prepared.video_kind = videos.sniff(head)
         del data
     except ItemRejected as rejected:
         prepared.error = str(rejected)
@@ -635,29 +634,26 @@ def _frame_key(video_sha256: str, time: float) -> str:
     return hashlib.sha256(f"video-frame:{video_sha256}:{time:.3f}".encode()).hexdigest()
 
 
+def _frame_files(video_sha256: str, time: float) -> tuple[str, str]:
+    key = _frame_key(video_sha256, time)
+    return f"images/{key[:2]}/{key}.jpg", f"thumbnails/{key[:2]}/{key}.jpg"
+
+
 def _video_files(prepared: _Prepared) -> list[tuple[str, object]]:
     """(storage name, bytes or held file) of a video and each of its frames and thumbnails."""
     sha = prepared.sha256
-    suffix = videos.sniff(_head(prepared)) or "video"
-    files: list[tuple[str, object]] = [(f"videos/{sha[:2]}/{sha}.{suffix}", prepared.held)]
+    files: list[tuple[str, object]] = [(f"videos/{sha[:2]}/{sha}.{prepared.video_kind}", prepared.held)]
     for frame in prepared.frames:
-        key = _frame_key(sha, frame.time)
-        files += [(f"images/{key[:2]}/{key}.jpg", frame.image), (f"thumbnails/{key[:2]}/{key}.jpg", frame.thumbnail)]
+        image_name, thumb_name = _frame_files(sha, frame.time)
+        files += [(image_name, frame.image), (thumb_name, frame.thumbnail)]
     return files
-
-
-def _head(prepared: _Prepared) -> bytes:
-    if isinstance(prepared.held, (bytes, bytearray)):
-        return bytes(prepared.held[:videos.HEADER_BYTES])
-    prepared.held.seek(0)
-    return prepared.held.read(videos.HEADER_BYTES)
 
 
 def _frame_row(prepared: _Prepared, frame, video: Video, options: IngestOptions) -> Image:
     """A key frame's row: the item's (the video's) metadata, the frame's own file, size and time."""
     row = _image_row(prepared, options)
     row.sha256 = _frame_key(prepared.sha256, frame.time)
-    row.file, row.thumbnail = f"images/{row.sha256[:2]}/{row.sha256}.jpg", f"thumbnails/{row.sha256[:2]}/{row.sha256}.jpg"
+    row.file, row.thumbnail = _frame_files(prepared.sha256, frame.time)
     row.width, row.height = frame.width, frame.height
     row.video, row.video_time = video, frame.time
     if not row.group_key:  # a video's frames are one group: "one per group" searches show one frame of it
@@ -693,11 +689,7 @@ def _store_video(prepared: _Prepared, frame_vectors: list, *, options: IngestOpt
             return _duplicate(prepared, existing)
         committed = False
         try:
-            jobs = [writers.submit(_write_once, name, data) for name, data in files]
-            for job in jobs:  # all finish before a failure is raised, so clean-up sees every file
-                job.exception()
-            for job in jobs:
-                job.result()
+            _write_all(files, writers)
             info = prepared.video
             with transaction.atomic():
                 video = Video.objects.create(file=files[0][0], sha256=prepared.sha256,
@@ -721,11 +713,16 @@ def _store_video(prepared: _Prepared, frame_vectors: list, *, options: IngestOpt
 
 def _write_files(batch: list[_Prepared], writers: ThreadPoolExecutor) -> None:
     """Write each item's file and thumbnail, in parallel; raises the first failure."""
-    jobs = []
+    files = []
     for prepared in batch:
         file_name, thumb_name = _file_names(prepared)
-        jobs += [writers.submit(_write_once, file_name, prepared.held),
-                 writers.submit(_write_once, thumb_name, prepared.thumbnail)]
+        files += [(file_name, prepared.held), (thumb_name, prepared.thumbnail)]
+    _write_all(files, writers)
+
+
+def _write_all(files: list[tuple[str, object]], writers: ThreadPoolExecutor) -> None:
+    """Write (storage name, bytes or held file) pairs in parallel; raises the first failure."""
+    jobs = [writers.submit(_write_once, name, data) for name, data in files]
     for job in jobs:  # all finish before a failure is raised, so clean-up sees every file
         job.exception()
     for job in jobs:
@@ -758,10 +755,7 @@ def _remove_unreferenced(names: list[str]) -> None:
     if not names:
         return
     try:
-        referenced = set(Video.objects.filter(file__in=names).values_list("file", flat=True))
-        for file, thumbnail in Image.objects.filter(Q(file__in=names) | Q(thumbnail__in=names)).values_list(
-                "file", "thumbnail"):
-            referenced.update((file, thumbnail))
+        referenced = files_in_use(names)
         for name in names:
             if name not in referenced and default_storage.exists(name):
                 default_storage.delete(name)
