@@ -14,6 +14,12 @@ Uses ViT-B-32 with random weights (no download) and its own data folder:
 
     .venv/bin/python bench/hostile_memory.py
     .venv/bin/python bench/hostile_memory.py --max-aspect-ratio 1000000   # extreme shapes reach the model
+
+``--decode-cost`` instead measures what decoding costs per pixel in each format (the figures behind
+catalog.imaging.DECODE_COST): a flat 4000x4000 picture of each, decoded as a query picture is and as
+the pipeline does, one fresh process each, peak RSS (VmHWM) growth over the pixel count:
+
+    .venv/bin/python bench/hostile_memory.py --decode-cost
 """
 
 from __future__ import annotations
@@ -48,6 +54,67 @@ print(tasks.run_job(uuid.UUID(sys.argv[1])))
 """
 
 
+DECODE_COST = r"""
+import sys
+from catalog.imaging import decode_image
+
+def high_water_mark():
+    with open("/proc/self/status") as status:
+        return next(int(line.split()[1]) * 1024 for line in status if line.startswith("VmHWM"))
+
+path, mode, pixels = sys.argv[1], sys.argv[2], int(sys.argv[3])
+with open(path, "rb") as file:
+    data = file.read()
+with open("/proc/self/clear_refs", "w") as clear:
+    clear.write("5")  # peak := current: what came before (imports, the parent's peak) is not counted
+before = high_water_mark()
+if mode == "query":  # as catalog.search_input.decode_query_image
+    decode_image(data, max_pixels=10**9, min_side=256)
+else:
+    from catalog.ingest.decoding import DecodeSpec, decode
+    spec = DecodeSpec(max_pixels=10**9, min_side=320, max_aspect_ratio=None, thumbnail_side=320, input_size=224)
+    assert not decode(path, spec).error
+print((high_water_mark() - before) / pixels)
+"""
+
+
+def decode_costs(side: int = 4000) -> None:
+    from PIL import Image
+
+    import catalog.imaging  # noqa: F401 - registers the HEIF writer
+
+    rgb, rgba = Image.new("RGB", (side, side), (1, 2, 3)), Image.new("RGBA", (side, side), (1, 2, 3, 128))
+    writers = {
+        "JPEG": lambda path: rgb.save(path, "JPEG", quality=50),
+        "PNG (RGB)": lambda path: rgb.save(path, "PNG"),
+        "PNG (RGBA)": lambda path: rgba.save(path, "PNG"),
+        "GIF": lambda path: rgb.convert("P").save(path, "GIF"),
+        "TIFF (deflate)": lambda path: rgb.save(path, "TIFF", compression="tiff_deflate"),
+        "WEBP (lossy)": lambda path: rgb.save(path, "WEBP", quality=50),
+        "WEBP (lossless)": lambda path: rgb.save(path, "WEBP", lossless=True),
+        "WEBP (animated)": lambda path: rgba.save(path, "WEBP", save_all=True, lossless=True,
+                                                  append_images=[Image.new("RGBA", rgba.size, (9, 2, 3, 128))]),
+        "AVIF": lambda path: rgb.save(path, "AVIF", quality=10, speed=10),
+        "HEIF": lambda path: rgb.save(path, "HEIF", quality=10),
+    }
+    work = Path(tempfile.mkdtemp(prefix="bench-decode-cost-"))
+    print(f"peak RSS growth per pixel decoding a {side}x{side} picture (bytes a pixel; DECODE_COST weighs "
+          f"the pixel cap by cost / 4)")
+    print(f"{'format':20}{'query':>8}{'pipeline':>10}")
+    try:
+        for label, write in writers.items():
+            path = work / "picture"
+            write(path)
+            costs = []
+            for mode in ("query", "pipeline"):
+                out = subprocess.run([sys.executable, "-c", DECODE_COST, str(path), mode, str(side * side)],
+                                     cwd=ROOT, capture_output=True, text=True, check=True).stdout
+                costs.append(float(out.split()[-1]))
+            print(f"{label:20}{costs[0]:8.1f}{costs[1]:10.1f}", flush=True)
+    finally:
+        shutil.rmtree(work, ignore_errors=True)
+
+
 def peak_rss(argv: list[str]) -> tuple[int, str]:
     """Run ``argv`` to the end; its peak RSS in bytes and its output."""
     with tempfile.TemporaryFile() as out:
@@ -62,7 +129,10 @@ def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     parser.add_argument("--good", type=int, default=40, help="good photos (default 40)")
     parser.add_argument("--max-aspect-ratio", default=None, help="IMAGESEARCH_MAX_ASPECT_RATIO for the imports")
+    parser.add_argument("--decode-cost", action="store_true", help="measure bytes a pixel per format instead")
     args = parser.parse_args()
+    if args.decode_cost:
+        return decode_costs()
     if args.max_aspect_ratio:
         os.environ["IMAGESEARCH_MAX_ASPECT_RATIO"] = args.max_aspect_ratio
 

@@ -82,6 +82,12 @@ def _index_exists(name: str) -> bool:
     return bool(_scalar("SELECT count(*) FROM pg_indexes WHERE indexname = %s", [name]))
 
 
+def _table_rows(name: str) -> int:
+    if not _scalar("SELECT count(*) FROM pg_tables WHERE tablename = %s", [name]):
+        return -1
+    return _scalar(f"SELECT count(*) FROM {name}")
+
+
 def ensure_space(collection, rows: int, seed: int):
     """The space holding this collection, loaded and indexed once; (space, image ids, build info)."""
     call_command("migrate", verbosity=0)
@@ -237,13 +243,14 @@ def _copy_side_table(table: str, collection, image_ids, *, column_type: str) -> 
         cursor.execute(f"VACUUM ANALYZE {table}")
 
 
-def _build_side_index(table: str, index: str, *, column_type: str, m: int, ef_construction: int) -> float:
+def _build_side_index(table: str, index: str, *, column_type: str, m: int, ef_construction: int,
+                      opclass: str | None = None) -> float:
     started = time.perf_counter()
     with connection.cursor() as cursor:
         cursor.execute(f"DROP INDEX IF EXISTS {index}")
         cursor.execute("SET maintenance_work_mem = '3GB'")
         cursor.execute("SET max_parallel_maintenance_workers = 1")
-        cursor.execute(f"CREATE INDEX {index} ON {table} USING hnsw (vector {column_type}_cosine_ops) "
+        cursor.execute(f"CREATE INDEX {index} ON {table} USING hnsw (vector {opclass or column_type + '_cosine_ops'}) "
                        f"WITH (m = {m}, ef_construction = {ef_construction})")
         cursor.execute("RESET maintenance_work_mem")
         cursor.execute("RESET max_parallel_maintenance_workers")
@@ -300,6 +307,62 @@ def sweep(collection, image_ids, queries, scores, args) -> None:
         cursor.execute(f"DROP TABLE {table}")
 
 
+def graph_comparison(space, collection, image_ids, queries, scores, args) -> None:
+    """Unfiltered recall@10 (mean and worst query) and p50/p95 of the raw index query at each
+    ``--sweep-ef``: the space's own index against side indexes built with other ``m`` /
+    ``ef_construction`` (``--graphs``, kept between runs), same operator class, one run."""
+    table = f"bench_graphs_{len(collection)}"
+    if _table_rows(table) != len(collection):  # absent, or a copy that was cut short
+        log(f"copying {len(collection):,} vectors into the side table {table} ...")
+        _copy_side_table(table, collection, image_ids, column_type="halfvec")
+    first_id = int(image_ids[0])
+    truths = [(exact_neighbours(collection, None, q, 10, scores=scores[:, j]) + first_id).tolist()
+              for j, q in enumerate(queries)]
+    graphs = [("the space's index", *space.graph_parameters(), None,
+               f"(SELECT image_id, vector::halfvec({collection.dims}) AS vector FROM catalog_embedding "
+               f"WHERE space_id = {space.pk}) AS e", space.index_name)]
+    builds_path = Path(settings.DATA_DIR) / f"search_db-{len(collection)}-seed{args.seed}-graphs.json"
+    builds = json.loads(builds_path.read_text()) if builds_path.exists() else {}
+    for spec in args.graphs.split(","):
+        m, efc = (int(x) for x in spec.split(":"))
+        index = f"{table}_m{m}_efc{efc}"
+        if not _index_exists(index) or index not in builds:
+            log(f"building {index} (m={m}, ef_construction={efc}) at load {os.getloadavg()[0]:.1f} ...")
+            builds[index] = _build_side_index(table, index, column_type="halfvec", m=m, ef_construction=efc,
+                                              opclass="halfvec_ip_ops")
+            builds_path.write_text(json.dumps(builds))
+            log(f"  built in {builds[index]:.0f} s, load {os.getloadavg()[0]:.1f}")
+        build_s = builds[index]
+        graphs.append((f"side table, m={m}", m, efc, build_s, table, index))
+    efs = [int(x) for x in args.sweep_ef.split(",")]
+    note(f"\n### HNSW graphs at {len(collection):,} x {collection.dims}-d clustered (seed {args.seed}), halfvec_ip_ops, "
+         f"unfiltered, {len(queries)} queries, k=10 ({time.strftime('%H:%M')}, load {os.getloadavg()[0]:.1f})\n")
+    note("| graph | m | ef_construction | build s | index MB | ef_search | recall@10 mean | worst query | p50 / p95 ms |")
+    note("|---|---:|---:|---:|---:|---:|---:|---:|---:|")
+    side_indexes = [graph[5] for graph in graphs[1:]]
+    for ef in efs:
+        for label, m, efc, build_s, tbl, index in graphs:
+            with transaction.atomic():
+                # The side table's other graphs are dropped in a transaction that is rolled back: the
+                # planner would otherwise pick any of them for every row.
+                with connection.cursor() as cursor:
+                    for other in side_indexes:
+                        if other != index:
+                            cursor.execute(f"DROP INDEX {other}")
+                    cursor.execute("SELECT set_config('enable_sort', 'off', true)")
+                    cursor.execute(f"EXPLAIN SELECT image_id FROM {tbl} ORDER BY vector <#> %s::halfvec LIMIT 10",
+                                   ["[" + ",".join(f"{x:.7g}" for x in queries[0]) + "]"])
+                    plan = "\n".join(row[0] for row in cursor.fetchall())
+                assert index in plan, f"{label}: the query does not read {index}:\n{plan}"
+                times, found = _side_search(tbl, "halfvec", ef, queries, 10, "<#>")
+                transaction.set_rollback(True)
+            recalls = [recall(f, t) for f, t in zip(found, truths)]
+            size_mb = _scalar("SELECT pg_relation_size(%s::regclass)", [index]) / 2**20
+            note(f"| {label} | {m} | {efc} | {'' if build_s is None else f'{build_s:.0f}'} | {size_mb:.0f} | {ef} "
+                 f"| {statistics.mean(recalls):.3f} | {min(recalls):.2f} | {pct(times, 50):.1f} / {pct(times, 95):.1f} |")
+    note(f"(load average at the end {os.getloadavg()[0]:.1f})")
+
+
 def halfvec_comparison(space, collection, image_ids, queries, scores, info, args) -> list[str]:
     """Index size, build time and unfiltered recall@10/100: halfvec (the product) against full
     precision ``vector`` in a side table with the same m / ef_construction and ef_search."""
@@ -323,7 +386,7 @@ def halfvec_comparison(space, collection, image_ids, queries, scores, info, args
     exact_half = {k: statistics.mean(
         recall((exact_neighbours(collection, None, q, k, scores=half_scores[:, j]) + first_id).tolist(), truth[k][j])
         for j, q in enumerate(queries)) for k in (10, 100)}
-    ef = vector_search.EF_SEARCH_UNFILTERED
+    ef = vector_search.unfiltered_ef_search(space)
     lines = ["| storage | index size | index build | table size | HNSW recall@10 | HNSW recall@100 "
              "| p50 ms k=10 | exact-ranking recall@10 / @100 |", "|---|---:|---:|---:|---:|---:|---:|---|"]
     # The space's index may serve inner product (unit vectors: the same order as cosine distance).
@@ -361,15 +424,19 @@ def main() -> None:
     parser.add_argument("--seed", type=int, default=0)
     parser.add_argument("--deep-queries", type=int, default=5, help="queries per case whose pages go to the depth limit")
     parser.add_argument("--sweep", action="store_true", help="only the HNSW parameter sweep (raw SQL side indexes)")
+    parser.add_argument("--graphs", default="",
+                        help="only: the space's index against side indexes 'M:EFC[,M:EFC]' (built once, kept), unfiltered")
+    parser.add_argument("--sweep-ef", default="200,300,400,500,600,800", help="ef_search values for --graphs")
     parser.add_argument("--halfvec", action="store_true", help="only halfvec against full-precision vector (side table)")
     parser.add_argument("--only", default="", help="only the filter cases whose label contains this")
     parser.add_argument("--load-only", action="store_true", help="load and index the collection, measure nothing")
     parser.add_argument("--ef-search", type=int, default=None,
                         help="walk unfiltered (and at least this wide filtered) at this ef_search instead of "
-                             "vector_search.EF_SEARCH_UNFILTERED")
+                             "vector_search.unfiltered_ef_search(space)")
     args = parser.parse_args()
     if args.ef_search:
-        vector_search.EF_SEARCH_UNFILTERED = vector_search.EF_SEARCH_FILTERED = args.ef_search
+        vector_search.EF_SEARCH_UNFILTERED = vector_search.EF_SEARCH_UNFILTERED_DENSE = args.ef_search
+        vector_search.EF_SEARCH_FILTERED = args.ef_search
 
     started = time.perf_counter()
     collection = make_collection(args.rows, dims=DIMS, seed=args.seed)
@@ -385,13 +452,19 @@ def main() -> None:
                        "(SELECT extversion FROM pg_extension WHERE extname = 'vector'), "
                        "pg_relation_size(%s::regclass), pg_table_size('catalog_embedding')", [space.index_name])
         shared_buffers, server, pgvector, index_size, table_size = cursor.fetchone()
+    graph = space.graph_parameters()
+    built = (f"built in {info['index_s']:.0f} s" if graph == (info["m"], info["ef_construction"])
+             else "rebuilt since the load (manage.py models reindex)")
     log(f"\n{args.rows:,} x {DIMS}-d clustered vectors (seed {args.seed}) in {space.name!r}; {args.queries} queries "
         f"per case; PostgreSQL {server.split()[0]}, pgvector {pgvector}, shared_buffers {shared_buffers}; "
-        f"HNSW m={info['m']} ef_construction={info['ef_construction']}: {index_size / 2**20:.0f} MB, "
-        f"built in {info['index_s']:.0f} s; catalog_embedding {table_size / 2**20:.0f} MB; "
+        f"HNSW m={graph[0]} ef_construction={graph[1]}: {index_size / 2**20:.0f} MB, "
+        f"{built}; catalog_embedding {table_size / 2**20:.0f} MB; "
         f"load average {os.getloadavg()[0]:.2f}\n")
     if args.sweep:
         sweep(collection, image_ids, queries, scores, args)
+        return
+    if args.graphs:
+        graph_comparison(space, collection, image_ids, queries, scores, args)
         return
     if args.halfvec:
         for line in halfvec_comparison(space, collection, image_ids, queries, scores, info, args):

@@ -1,6 +1,9 @@
 import json
 
 from django.contrib import admin, messages
+from django.contrib.auth import get_user_model
+from django.contrib.auth.admin import UserAdmin
+from django.contrib.auth.forms import AdminPasswordChangeForm
 from django.core.exceptions import PermissionDenied
 from django.db.models import Case, FloatField, Value, When
 from django.shortcuts import redirect
@@ -13,6 +16,7 @@ from django.utils.translation import gettext, gettext_lazy as _, ngettext
 from knox.admin import AuthTokenAdmin
 from knox.models import AuthToken
 
+from catalog.accounts import tokens
 from catalog.accounts.access import RETRY_PERMISSION
 from catalog.accounts.throttling import throttled_page
 from catalog.embedder import EmbedderUnavailable
@@ -334,12 +338,41 @@ class ApiTokenAdmin(AuthTokenAdmin):
     def get_readonly_fields(self, request, obj=None):
         return [] if obj is None else self.readonly_fields
 
+    def formfield_for_foreignkey(self, db_field, request, **kwargs):
+        if db_field.name == "user" and not request.user.is_superuser:
+            # Staff who may add tokens make them for themselves only: another user's id is not a choice.
+            kwargs["queryset"] = get_user_model().objects.filter(pk=request.user.pk)
+            kwargs["initial"] = request.user.pk
+        return super().formfield_for_foreignkey(db_field, request, **kwargs)
+
     def save_model(self, request, obj, form, change):
+        if not change and not tokens.may_create_token(by=request.user, user=obj.user):
+            raise PermissionDenied  # the form refuses it already; this holds whatever the form allowed
         super(AuthTokenAdmin, self).save_model(request, obj, form, change)
         if not change:
             self.message_user(request, gettext("New API token for %(user)s (copy it now, it is not shown again): "
                                                "%(token)s") % {"user": obj.user, "token": form.token},
                               messages.WARNING)
+
+
+# --- Users: a password set by an administrator revokes the user's API tokens ------------------------
+
+
+class TokenRevokingPasswordForm(AdminPasswordChangeForm):
+    """The user admin's "change password" form (UserAdmin.user_change_password saves it on success)."""
+
+    def save(self, commit=True):
+        user = super().save(commit=commit)
+        tokens.revoke_user_tokens(user=user)
+        return user
+
+
+class ProjectUserAdmin(UserAdmin):
+    change_password_form = TokenRevokingPasswordForm
+
+
+admin.site.unregister(get_user_model())
+admin.site.register(get_user_model(), ProjectUserAdmin)
 
 
 # --- Evaluations (manage.py evaluate) -------------------------------------------------------------

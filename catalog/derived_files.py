@@ -20,7 +20,7 @@ from django.core.files.storage import default_storage
 from django.db import transaction
 from django.utils import timezone
 
-from catalog.models import Image, Video, files_in_use
+from catalog.models import DeletedContent, Image, Video, files_in_use
 
 logger = logging.getLogger(__name__)
 
@@ -128,15 +128,31 @@ def delete_images(images) -> int:
     """Delete the ``images`` (a queryset: rows, vectors) and, once that has committed, their files
     that no other row names; returns how many images were deleted. Files go after the commit and
     under the pipeline's per-content lock (an import of the same bytes may be reusing them): a
-    crash in between leaves only unreferenced files, which ``sweep_orphans`` removes."""
-    rows = list(images.values_list("pk", "sha256", "file", "thumbnail"))
+    crash in between leaves only unreferenced files, which ``sweep_orphans`` removes.
+
+    The deleted bytes are remembered (DeletedContent) in the same transaction, so a watched folder
+    that still holds the file does not bring it back: a picture's hash, and a video's once its last
+    frame is gone (its frames' own keys are never a file's hash)."""
+    rows = list(images.values_list("pk", "sha256", "file", "thumbnail", "video_id", "original_name"))
     # A video goes with its last frame (a trigger): its file then too, unless frames are left.
-    videos = list(Video.objects.filter(frames__pk__in=[pk for pk, *_ in rows]).distinct().values_list("sha256", "file"))
+    videos = list(Video.objects.filter(frames__pk__in=[pk for pk, *_ in rows]).distinct()
+                  .values_list("sha256", "file", "original_name"))
     with transaction.atomic():
         Image.objects.filter(pk__in=[pk for pk, *_ in rows]).delete()
-        transaction.on_commit(lambda: _remove_files([(sha256, [file, thumb]) for _, sha256, file, thumb in rows]
-                                                    + [(sha256, [file]) for sha256, file in videos]))
+        gone = {sha256 for sha256, *_ in videos} - set(
+            Video.objects.filter(sha256__in=[sha256 for sha256, *_ in videos]).values_list("sha256", flat=True))
+        _remember_deleted([(sha256, name) for _, sha256, _, _, video, name in rows if video is None]
+                          + [(sha256, name) for sha256, _, name in videos if sha256 in gone])
+        transaction.on_commit(lambda: _remove_files([(sha256, [file, thumb]) for _, sha256, file, thumb, *_ in rows]
+                                                    + [(sha256, [file]) for sha256, file, _ in videos]))
     return len(rows)
+
+
+def _remember_deleted(contents: list[tuple[str, str]]) -> None:
+    """Tombstones for (sha256, original name); deleted again: its time moves on."""
+    DeletedContent.objects.bulk_create(
+        [DeletedContent(sha256=sha256, original_name=name[:255]) for sha256, name in contents], batch_size=_PAGE,
+        update_conflicts=True, unique_fields=["sha256"], update_fields=["deleted_at", "original_name"])
 
 
 def _remove_files(owners: list[tuple[str, list[str]]]) -> None:

@@ -26,6 +26,7 @@ except ImportError:  # pragma: no cover
     pillow_heif = None
 
 __all__ = [
+    "DECODE_COST",
     "SUPPORTED_FORMATS",
     "DecodedImage",
     "ImageMetadata",
@@ -54,6 +55,13 @@ Image.MAX_IMAGE_PIXELS = None
 # bounds as catalog.models.TAKEN_AT_MIN/MAX, repeated here because this module is Django-free.
 TAKEN_AT_MIN = datetime(1, 1, 1, tzinfo=timezone.utc)
 TAKEN_AT_MAX = datetime(9999, 12, 31, 23, 59, 59, tzinfo=timezone.utc)
+
+# Peak memory a pixel costs to decode, relative to PNG/TIFF/BMP/GIF (~4 bytes a pixel: Pillow keeps RGB in 4),
+# so that ``max_pixels`` bounds memory rather than pixels: these decoders keep their own buffers beside
+# Pillow's (libwebp's animation decoder, used for every WebP, two RGBA canvases plus the frame it hands
+# over: ~16 B/px; libavif ~9.5, libheif ~7.5). Measured by bench/hostile_memory.py --decode-cost (Pillow 13).
+# JPEG costs less (decoded at reduced scale) but is not favoured: without min_side it is decoded whole.
+DECODE_COST: dict[str, float] = {"WEBP": 4.0, "AVIF": 2.5, "HEIF": 2.0}
 
 _HIGH_DEPTH_MODES = frozenset({"I;16", "I;16L", "I;16B", "I;16N", "I", "F"})
 _ALPHA_MODES = frozenset({"RGBA", "RGBa", "LA", "La", "PA"})
@@ -107,6 +115,7 @@ def decode_image(
     max_pixels: int,
     min_side: int | None = None,
     max_aspect_ratio: float | None = None,
+    max_decoded_pixels: int | None = None,
 ) -> DecodedImage:
     """Fully decode ``source`` or raise ``ImageRejected``.
 
@@ -114,7 +123,9 @@ def decode_image(
     data is decoded. With ``min_side`` the returned image may be scaled down
     (JPEG/HEIF draft decoding, then integer reduction) but its shorter side
     stays >= ``min_side``; metadata always reports the full dimensions.
-    ``max_aspect_ratio`` (long side / short side) is checked on the header too.
+    ``max_aspect_ratio`` (long side / short side) is checked on the header too. ``max_decoded_pixels``
+    bounds what is decoded (after draft reduction; weighted by DECODE_COST like ``max_pixels``), for callers
+    with less memory to spare: a 100 Mpx JPEG costs little at 1/8 scale, a 100 Mpx PNG 400 MB.
     """
     if max_pixels <= 0:
         raise ValueError("max_pixels must be positive")
@@ -125,7 +136,7 @@ def decode_image(
 
     fp, owned = _open_source(source)
     try:
-        return _decode(fp, max_pixels, min_side, max_aspect_ratio)
+        return _decode(fp, max_pixels, min_side, max_aspect_ratio, max_decoded_pixels)
     finally:
         if owned:
             fp.close()
@@ -234,8 +245,8 @@ def _open_image(fp: BinaryIO, max_pixels: int) -> Image.Image:
         raise ImageRejected("not an image (unrecognised format)") from None
     except (Image.DecompressionBombError, Image.DecompressionBombWarning) as exc:
         raise _bomb_rejection(exc, max_pixels) from None
-    except Exception:
-        raise ImageRejected("truncated or corrupt image") from None
+    except Exception as exc:
+        raise _corrupt_rejection(exc) from None
 
 
 def _checked_size(img: Image.Image, max_pixels: int, max_aspect_ratio: float | None) -> tuple[int, int]:
@@ -243,14 +254,27 @@ def _checked_size(img: Image.Image, max_pixels: int, max_aspect_ratio: float | N
     width, height = img.size
     if width <= 0 or height <= 0:
         raise ImageRejected("truncated or corrupt image")
-    if width * height > max_pixels:
-        raise ImageRejected(f"image too large: {width * height} pixels (limit {max_pixels})")
+    cost = DECODE_COST.get(img.format or "", 1.0)
+    limit = int(max_pixels / cost)
+    if width * height > limit:
+        costly = f" for {img.format}" if cost != 1.0 else ""
+        raise ImageRejected(f"image too large: {width * height} pixels (limit {limit}{costly})")
     if max_aspect_ratio is not None and max(width, height) > max_aspect_ratio * min(width, height):
         raise ImageRejected(f"aspect ratio {width}:{height} exceeds limit {max_aspect_ratio:g}")
     return width, height
 
 
-def _decode(fp: BinaryIO, max_pixels: int, min_side: int | None, max_aspect_ratio: float | None) -> DecodedImage:
+def _check_decoded_size(img: Image.Image, max_decoded_pixels: int) -> None:
+    # img.size is the drafted size by now (JPEG: 1/2..1/8; HEIF: a large enough embedded thumbnail).
+    cost = DECODE_COST.get(img.format or "", 1.0)
+    limit = int(max_decoded_pixels / cost)
+    if img.width * img.height > limit:
+        costly = f" for {img.format}" if cost != 1.0 else ""
+        raise ImageRejected(f"image too large to decode here: {img.width * img.height} pixels (limit {limit}{costly})")
+
+
+def _decode(fp: BinaryIO, max_pixels: int, min_side: int | None, max_aspect_ratio: float | None,
+            max_decoded_pixels: int | None) -> DecodedImage:
     img = _open_image(fp, max_pixels)
     # `with`, not close(): close() would also close a caller's file object.
     with img:
@@ -263,6 +287,8 @@ def _decode(fp: BinaryIO, max_pixels: int, min_side: int | None, max_aspect_rati
                 # JPEG: DCT scaling (1/2..1/8) during decode; HEIF: embedded
                 # thumbnail. No-op for other formats.
                 img.draft("RGB", (min_side, min_side))
+            if max_decoded_pixels is not None:
+                _check_decoded_size(img, max_decoded_pixels)
             img.load()  # full decode: truncation is only detected here
             # EXIF after load: PNG may keep it after IDAT; fp is still ours.
             exif = _safe_exif(img)
@@ -274,8 +300,8 @@ def _decode(fp: BinaryIO, max_pixels: int, min_side: int | None, max_aspect_rati
             raise _bomb_rejection(exc, max_pixels) from None
         except MemoryError:
             raise ImageRejected("image too large to decode in the memory available") from None
-        except Exception:  # decoders raise OSError, SyntaxError, ValueError, ...
-            raise ImageRejected("truncated or corrupt image") from None
+        except Exception as exc:  # decoders raise OSError, SyntaxError, ValueError, ...
+            raise _corrupt_rejection(exc) from None
 
     orientation = exif.get(_TAG_ORIENTATION) if exif is not None else None
     transpose = _TRANSPOSE.get(orientation) if isinstance(orientation, int) else None
@@ -294,6 +320,14 @@ def _decode(fp: BinaryIO, max_pixels: int, min_side: int | None, max_aspect_rati
         longitude=longitude,
     )
     return DecodedImage(metadata=metadata, image=rgb)
+
+
+def _corrupt_rejection(exc: Exception) -> ImageRejected:
+    # PNG text chunks (zTXt/iTXt) that inflate past Pillow's MAX_TEXT_CHUNK/MAX_TEXT_MEMORY: the pixels may
+    # be fine, but Pillow cannot skip such a chunk, so the file is refused with the true reason.
+    if isinstance(exc, ValueError) and "MAX_TEXT_" in str(exc):
+        return ImageRejected("metadata too large")
+    return ImageRejected("truncated or corrupt image")
 
 
 def _bomb_rejection(exc: Exception, max_pixels: int) -> ImageRejected:

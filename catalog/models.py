@@ -8,9 +8,9 @@ from datetime import datetime, timezone as dt_timezone
 
 from django.conf import settings
 from django.contrib.postgres.fields import ArrayField
-from django.contrib.postgres.indexes import GinIndex, OpClass
+from django.contrib.postgres.indexes import GinIndex, HashIndex, OpClass
 from django.core.validators import MaxValueValidator, MinValueValidator
-from django.db import connection, models, transaction
+from django.db import connection, connections, models, transaction
 from django.db.models import Q
 from django.db.models.lookups import Exact, GreaterThan, LessThan
 from django.db.models.functions import Cast
@@ -71,9 +71,12 @@ class EmbeddingSpace(models.Model):
         ACTIVE = "active", _("Active")
         RETIRED = "retired", _("Retired")
 
-    # Graph parameters from bench/search_db.py --sweep on clustered data (bench/README.md).
+    # Graph parameters from bench/search_db.py --sweep / --graphs on clustered data (bench/README.md):
+    # at 1,000,000 images, ef_construction 256 reaches every tight trip from ef_search 200, where 128
+    # needed 800 (catalog/vector_search.py picks the walk by how an index was built; ``manage.py models
+    # reindex`` rebuilds an older index with these).
     HNSW_M = 16
-    HNSW_EF_CONSTRUCTION = 128
+    HNSW_EF_CONSTRUCTION = 256
 
     name = models.CharField(max_length=255, unique=True)
     dimensions = models.PositiveSmallIntegerField(validators=[MinValueValidator(1), MaxValueValidator(16000)])
@@ -128,6 +131,52 @@ class EmbeddingSpace(models.Model):
             sql = str(self.hnsw_index().create_sql(Embedding, editor, concurrently=concurrently))
             head = "CREATE INDEX CONCURRENTLY" if concurrently else "CREATE INDEX"
             editor.execute(sql.replace(head, head + " IF NOT EXISTS", 1))
+
+    def graph_parameters(self, *, using: str = "default") -> tuple[int, int] | None:
+        """(m, ef_construction) its HNSW index was built with (pgvector's defaults where the index does
+        not say); None without an index."""
+        with connections[using].cursor() as cursor:
+            cursor.execute("SELECT reloptions FROM pg_class WHERE oid = to_regclass(%s)", [self.index_name])
+            row = cursor.fetchone()
+        if row is None:
+            return None
+        options = dict(option.split("=", 1) for option in row[0] or [])
+        return int(options.get("m", 16)), int(options.get("ef_construction", 64))
+
+    def rebuild_index_concurrently(self) -> bool:
+        """Build its HNSW index again with the current parameters, if it was built with others, without
+        stopping imports or searches: the new graph is built CONCURRENTLY beside the old one under a
+        temporary name, then takes its place (inside a transaction, as in tests, plainly). Interrupted,
+        running it again goes on; True when it rebuilt."""
+        concurrently = "" if connection.in_atomic_block else "CONCURRENTLY "  # not allowed in a transaction
+        next_name = f"{self.index_name}_next"
+
+        def drop(name: str) -> None:
+            with connection.cursor() as cursor:
+                cursor.execute(f'DROP INDEX {concurrently}IF EXISTS "{name}"')
+
+        if self.graph_parameters() == (self.HNSW_M, self.HNSW_EF_CONSTRUCTION):
+            drop(next_name)  # one cut short after the swap (or a stray build)
+            return False
+        with connection.cursor() as cursor:
+            cursor.execute("SELECT indisvalid FROM pg_index WHERE indexrelid = to_regclass(%s)", [next_name])
+            row = cursor.fetchone()
+        if row and not row[0]:  # a build of it that was killed
+            drop(next_name)
+        if not concurrently:  # deferred foreign-key checks of this transaction would block CREATE INDEX
+            with connection.cursor() as cursor:
+                cursor.execute("SET CONSTRAINTS ALL IMMEDIATE")
+        index = self.hnsw_index()
+        index.name = next_name
+        with connection.schema_editor(atomic=False) as editor:
+            sql = str(index.create_sql(Embedding, editor, concurrently=bool(concurrently)))
+            head = "CREATE INDEX CONCURRENTLY" if concurrently else "CREATE INDEX"
+            editor.execute(sql.replace(head, head + " IF NOT EXISTS", 1))
+        # Both graphs serve meanwhile (the planner takes either); the old one goes, the new one is renamed.
+        drop(self.index_name)
+        with connection.cursor() as cursor:
+            cursor.execute(f'ALTER INDEX "{next_name}" RENAME TO "{self.index_name}"')
+        return True
 
     def index_exists(self) -> bool:
         """Whether its HNSW index exists, valid or not (a catalog lookup: no lock is taken)."""
@@ -193,6 +242,38 @@ class Video(models.Model):
         constraints = [
             models.CheckConstraint(condition=Q(width__gt=0) & Q(height__gt=0) & Q(duration__gte=0),
                                    name="video_positive_size"),
+        ]
+
+    def __str__(self) -> str:
+        return self.original_name or self.sha256[:12]
+
+
+class DeletedContentQuerySet(models.QuerySet):
+    def among(self, hashes) -> set[str]:
+        """Those of ``hashes`` that were deleted in the app (one query: callers pass a batch)."""
+        return set(self.filter(sha256__in=list(hashes)).values_list("sha256", flat=True))
+
+
+class DeletedContent(models.Model):
+    """Bytes (an image's or a whole video's SHA-256) deleted in the app: a tombstone, written in the
+    delete's transaction (catalog.derived_files.delete_images), so that ``manage.py watch`` does not
+    bring back a file that is still in its folder. An explicit import of the same bytes (upload,
+    import_images, URL) is a deliberate re-add: the pipeline removes the tombstone in the
+    transaction that stores the image again."""
+
+    sha256 = models.CharField(_("SHA-256"), max_length=SHA256_HEX_LENGTH, editable=False)
+    original_name = models.CharField(_("original name"), max_length=255, blank=True)
+    deleted_at = models.DateTimeField(_("deleted at"), default=dj_timezone.now)
+
+    objects = DeletedContentQuerySet.as_manager()
+
+    class Meta:
+        verbose_name = _("deleted content")
+        verbose_name_plural = _("deleted content")
+        ordering = ["-deleted_at", "-id"]
+        constraints = [
+            models.UniqueConstraint(fields=["sha256"], name="deleted_content_sha256_unique"),
+            models.CheckConstraint(condition=Q(sha256__regex=r"^[0-9a-f]{64}$"), name="deleted_content_sha256_hex"),
         ]
 
     def __str__(self) -> str:
@@ -297,7 +378,10 @@ class Image(models.Model):
                    # instead of sorting the whole collection (bench/browse.py, 1.1M images: 0.3-2.2 s a page without).
                    models.Index(models.F("created_at").desc(), models.F("id").desc(), name="image_browse_added"),
                    models.Index(models.F("taken_at").desc(nulls_last=True), models.F("created_at").desc(),
-                                models.F("id").desc(), name="image_browse_taken")]
+                                models.F("id").desc(), name="image_browse_taken"),
+                   # manage.py watch finds the files it already stored by path on every start (catalog/ingest/
+                   # watch.py); hash, not btree: a 1,000-character path can pass a btree entry's size limit.
+                   HashIndex(fields=["source_ref"], name="image_source_ref_hash")]
 
     def __str__(self) -> str:
         return self.original_name or self.sha256[:12]

@@ -365,16 +365,20 @@ def _stored_vector(space: EmbeddingSpace | None, image_id: int, using: str):
 
 
 def _stored_picture(image_id: int, region: Region, using: str) -> "PILImage":
-    """A stored image's file, upright, decoded no larger than ``region`` needs (and within the upload limits)."""
-    from catalog.search_input import QUERY_IMAGE_MIN_SIDE, rejection_reason  # imports this module
+    """A stored image's file, upright, decoded no larger than ``region`` needs (and within the upload limits).
+
+    Decoded in the web process: within the pipeline's (format-weighted) caps, which a file stored before
+    they were lowered may now exceed, and in one of the process's query decode slots."""
+    from catalog.search_input import QUERY_IMAGE_MIN_SIDE, query_decode_slot, rejection_reason  # imports this module
 
     image = Image.objects.using(using).filter(pk=image_id).first()
     if image is None:
         raise ImageNotFound(_("Image %(id)d does not exist.") % {"id": image_id})
     try:
-        with image.file.storage.open(image.file.name, "rb") as stored:
+        with query_decode_slot(), image.file.storage.open(image.file.name, "rb") as stored:
             return decode_image(stored, max_pixels=settings.IMAGE_MAX_PIXELS,
-                                min_side=region.decode_min_side(QUERY_IMAGE_MIN_SIDE)).image
+                                min_side=region.decode_min_side(QUERY_IMAGE_MIN_SIDE),
+                                max_aspect_ratio=settings.IMAGE_MAX_ASPECT_RATIO).image
     except ImageRejected as rejected:
         raise SearchError(_("The stored file of image %(id)d could not be read: %(reason)s.")
                           % {"id": image_id, "reason": rejection_reason(rejected)}) from None

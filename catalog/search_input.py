@@ -4,7 +4,10 @@ from __future__ import annotations
 
 import base64
 import binascii
+import functools
 import io
+import threading
+from contextlib import contextmanager
 
 from django.conf import settings
 from django.utils.translation import gettext as _, gettext_lazy
@@ -13,6 +16,7 @@ from catalog.imaging import ImageRejected, decode_image
 from catalog.search import ImageFilters, Region, SearchError, SearchParams
 
 QUERY_IMAGE_MIN_SIDE = 256  # enough for CLIP's 224 px input; big uploads decode at reduced scale
+QUERY_DECODE_WAIT = 10  # seconds a query picture waits for a decode slot before the request is refused
 
 # catalog.imaging stays free of Django (it runs in decode processes): its fixed reasons are translated here.
 _REJECTION_REASONS = {
@@ -21,6 +25,7 @@ _REJECTION_REASONS = {
     "truncated or corrupt image": gettext_lazy("truncated or corrupt image"),
     "image too large to decode in the memory available": gettext_lazy("image too large to decode in the memory "
                                                                       "available"),
+    "metadata too large": gettext_lazy("metadata too large"),
 }
 
 
@@ -29,11 +34,33 @@ def rejection_reason(rejected: ImageRejected) -> str:
     return str(_REJECTION_REASONS.get(str(rejected), rejected))
 
 
+@functools.cache
+def _decode_slots(count: int) -> threading.BoundedSemaphore:
+    return threading.BoundedSemaphore(count)
+
+
+@contextmanager
+def query_decode_slot():
+    """Hold one of the process's ``QUERY_DECODES`` slots for decoding a query picture in the web process:
+    one may cost a few hundred MB, and concurrent requests must not multiply that without bound."""
+    slots = _decode_slots(settings.QUERY_DECODES)
+    if not slots.acquire(timeout=QUERY_DECODE_WAIT):
+        raise SearchError(_("The server is busy reading other query pictures: try again in a moment."))
+    try:
+        yield
+    finally:
+        slots.release()
+
+
 def decode_query_image(data: bytes, *, region: Region | None = None):
-    """Decode an uploaded query picture, or raise SearchError with a user-facing reason."""
+    """Decode an uploaded query picture, or raise SearchError with a user-facing reason. Decoded in the
+    web process, so within the pipeline's caps, the (lower) query cap on what is decoded and a decode slot."""
     min_side = region.decode_min_side(QUERY_IMAGE_MIN_SIDE) if region else QUERY_IMAGE_MIN_SIDE
     try:
-        return decode_image(data, max_pixels=settings.IMAGE_MAX_PIXELS, min_side=min_side).image
+        with query_decode_slot():
+            return decode_image(data, max_pixels=settings.IMAGE_MAX_PIXELS, min_side=min_side,
+                                max_aspect_ratio=settings.IMAGE_MAX_ASPECT_RATIO,
+                                max_decoded_pixels=settings.QUERY_MAX_PIXELS).image
     except ImageRejected as rejected:
         raise SearchError(_("The query image could not be read: %(reason)s.")
                           % {"reason": rejection_reason(rejected)}) from None

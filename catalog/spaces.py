@@ -302,3 +302,14 @@ def drop(*, name: str) -> int:
             removed += Embedding.objects.filter(space=space)._raw_delete(Embedding.objects.db)  # stored meanwhile
             space.delete()
     return removed
+
+
+def reindex(*, name: str) -> bool:
+    """Rebuild a space's HNSW graph with the current parameters (EmbeddingSpace.HNSW_*) if it was built
+    with others, CONCURRENTLY: searches and imports go on, served by the old graph until the new one
+    takes its place. Safe to run again after an interruption; True when it rebuilt."""
+    space = EmbeddingSpace.objects.filter(name=name).first()
+    if space is None:
+        raise SpaceError(f"No embedding space is called {name!r} (see manage.py models).")
+    return space.rebuild_index_concurrently()
+

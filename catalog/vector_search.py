@@ -56,10 +56,14 @@ EXACT_MIN_ROWS = 20_000
 EXACT_SHARE = 0.30
 EXACT_MAX_ROWS = 400_000
 IDS_MAX_ROWS = 30_000  # a filter on several columns is ranked by the ids it matched, up to this many
-# 1,000,000 clustered images, 50 queries: recall@10 0.974 at 400-700 (one query aims at a tight trip
-# that the walk reaches only from 800 on: recall 0 there), 0.994 at 800 and 1,000.
-EF_SEARCH_UNFILTERED = 800
-EF_SEARCH_FILTERED = 800  # at selectivity 1 (never below the unfiltered walk); grows as the filter narrows
+# Unfiltered walks, by how the space's graph was built (1,000,000 clustered images, 50 queries, one
+# run, bench/README.md): at ef_construction 128, recall@10 0.974 up to ef_search 700 (one query aims at
+# a tight trip that the walk reaches only from 800 on: recall 0 there) and 0.994 at 800; at 256
+# (EmbeddingSpace.HNSW_EF_CONSTRUCTION since 2026-11-26), 0.996 from ef_search 200 (300: a margin).
+EF_SEARCH_UNFILTERED = 800          # a graph built with ef_construction < DENSE_EF_CONSTRUCTION
+EF_SEARCH_UNFILTERED_DENSE = 300
+DENSE_EF_CONSTRUCTION = 256
+EF_SEARCH_FILTERED = 800  # at selectivity 1 (never below the sparse graph's walk); grows as the filter narrows
 EF_SEARCH_MAX = 1_000
 MAX_SCAN_TUPLES = 20_000  # pgvector's default, set explicitly so the ranking does not depend on the server
 MAX_DEPTH = 300           # rows of one ranking a page may reach (offset + limit); at 500 a graph walk kept 0.93-0.95
@@ -67,6 +71,7 @@ PARALLEL_MIN_ROWS = 15_000  # an exact scan this large is worth two workers' sta
 SPACE_SIZE_TTL = 60.0     # seconds a process trusts its estimate of a space's size
 
 _space_sizes: dict[tuple[str, int], tuple[float, int]] = {}
+_graph_builds: dict[tuple[str, int], tuple[float, int]] = {}  # (using, space): (when, ef_construction)
 
 
 @dataclass(frozen=True)
@@ -98,7 +103,7 @@ def plan_for(*, space: EmbeddingSpace, image_filter: Q, using: str = "default") 
     if size <= limit:  # a small collection is ranked exactly, filter or not: nothing to count
         return Plan(exact=True, matching=None)
     if not image_filter:
-        return Plan(exact=False, matching=None, ef_search=EF_SEARCH_UNFILTERED)
+        return Plan(exact=False, matching=None, ef_search=unfiltered_ef_search(space, using))
     matched = Embedding.objects.using(using).filter(space=space).filter(image_filter)
     ids = None
     if len(_columns(image_filter)) > 1:
@@ -244,6 +249,17 @@ def _columns(image_filter: Q) -> set[str]:
     return columns
 
 
+def unfiltered_ef_search(space: EmbeddingSpace, using: str = "default") -> int:
+    """The unfiltered walk's width for the graph this space's index was built as (``manage.py models
+    reindex`` rebuilds an older one with the current parameters)."""
+    key, now = (using, space.pk), time.monotonic()
+    cached = _graph_builds.get(key)
+    if cached is None or now - cached[0] > SPACE_SIZE_TTL:
+        parameters = space.graph_parameters(using=using)
+        cached = _graph_builds[key] = (now, parameters[1] if parameters else 0)
+    return EF_SEARCH_UNFILTERED_DENSE if cached[1] >= DENSE_EF_CONSTRUCTION else EF_SEARCH_UNFILTERED
+
+
 def _space_size(space: EmbeddingSpace, using: str) -> int:
     """The space's rows, refreshed every SPACE_SIZE_TTL seconds: the planner's estimate, or where it
     says the space is small, a count (capped past the smallest exact limit): a freshly filled space
@@ -276,6 +292,7 @@ def refresh_planner_statistics(using: str = "default") -> None:
     """VACUUM ANALYZE the embeddings after a bulk load, so that estimates are current and counts
     read the covering indexes only (the visibility map), before autovacuum catches up."""
     _space_sizes.clear()
+    _graph_builds.clear()
     connection = connections[using]
     with connection.cursor() as cursor:
         # VACUUM cannot run inside a transaction block; ANALYZE alone still helps there.

@@ -11,6 +11,7 @@ from __future__ import annotations
 
 import threading
 
+from django.conf import settings
 from django.db import DatabaseError, connection
 from django.http import JsonResponse
 from django.views.decorators.cache import never_cache
@@ -27,7 +28,13 @@ class HealthCheckMiddleware:
 
     def __call__(self, request):
         probe = PROBES.get(request.path_info)
-        return probe(request) if probe is not None else self.get_response(request)
+        if probe is None:
+            return self.get_response(request)
+        response = probe(request)
+        # Answered ahead of SecurityMiddleware, which therefore never sees the probes' responses.
+        if settings.SECURE_CONTENT_TYPE_NOSNIFF:
+            response.headers.setdefault("X-Content-Type-Options", "nosniff")
+        return response
 
 
 @never_cache

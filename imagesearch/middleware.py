@@ -12,7 +12,8 @@ from django.http import HttpResponse
 from django.template.loader import render_to_string
 from django.utils.deprecation import MiddlewareMixin
 
-from catalog.api.errors import DATABASE_ERRORS, DATABASE_UNAVAILABLE, RETRY_AFTER_SECONDS, error_response
+from catalog.api.errors import (DATABASE_ERRORS, DATABASE_UNAVAILABLE, DISK_FULL, RETRY_AFTER_SECONDS,
+                                 error_response, is_disk_full)
 from catalog.request_input import is_api
 
 logger = logging.getLogger(__name__)
@@ -29,8 +30,17 @@ def database_unavailable_response(request) -> HttpResponse:
     return response
 
 
+def disk_full_response(request) -> HttpResponse:
+    """507 with the message (the error shape under /api/): an upload met a full disk (or quota)."""
+    from catalog.request_input import refusal
+
+    return refusal(request, 507, str(DISK_FULL), code="storage_full")
+
+
 class DatabaseUnavailableMiddleware(MiddlewareMixin):
     def process_exception(self, request, exception):
+        if is_disk_full(exception):  # also a full disk: a page's upload that could not be stored
+            return disk_full_response(request)
         if not isinstance(exception, DATABASE_ERRORS):
             return None
         logger.warning("database unavailable (%s %s): %s", request.method, request.path,
@@ -45,4 +55,6 @@ def server_error(request) -> HttpResponse:
 
     if isinstance(sys.exc_info()[1], DATABASE_ERRORS):
         return database_unavailable_response(request)
+    if is_disk_full(sys.exc_info()[1]):  # e.g. spooling an upload while CsrfViewMiddleware reads the form
+        return disk_full_response(request)
     return plain_server_error(request)

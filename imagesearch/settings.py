@@ -198,6 +198,11 @@ IMAGE_MAX_PIXELS = env.int("IMAGESEARCH_MAX_PIXELS", 100_000_000, minimum=1)
 # Longest side / shortest side. Phone panoramas reach ~8:1, banners and receipts ~15:1; beyond
 # 20:1 the model's centre square shows under 5% of the picture, so its vector says little.
 IMAGE_MAX_ASPECT_RATIO = env.float("IMAGESEARCH_MAX_ASPECT_RATIO", 20.0, minimum=1.0)
+# Query pictures (uploads, and regions of stored pictures) are decoded in the web process: a query needs
+# ~224 px, so what an upload decodes (after JPEG's reduced-scale decoding) gets a lower cap, ~4 bytes
+# a pixel (260 MB at 64 Mpx), and at most QUERY_DECODES run at once in a process.
+QUERY_MAX_PIXELS = env.int("IMAGESEARCH_QUERY_MAX_PIXELS", 64_000_000, minimum=1)
+QUERY_DECODES = env.int("IMAGESEARCH_QUERY_DECODES", 2, minimum=1, maximum=64)
 THUMBNAIL_MAX_SIDE = env.int("IMAGESEARCH_THUMBNAIL_SIZE", 320, minimum=16, maximum=2048)
 # Processes that decode and resize while the model embeds the previous batch; 0: sized to the
 # machine (catalog.ingest.decoding.default_workers).
@@ -373,6 +378,8 @@ SPECTACULAR_SETTINGS = {
     "DESCRIPTION": "Search an image collection by text, by example image and by metadata.",
     "VERSION": "1.0.0",
     "SERVE_INCLUDE_SCHEMA": False,
+    # The schema and its docs page are read like the rest of the API: login-only unless reading is public.
+    "SERVE_PERMISSIONS": ["catalog.accounts.permissions.CanRead"],
     "SWAGGER_UI_DIST": "SIDECAR",
     "SWAGGER_UI_FAVICON_HREF": "SIDECAR",
     "REDOC_DIST": "SIDECAR",

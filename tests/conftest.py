@@ -1,4 +1,5 @@
 import io
+from contextlib import contextmanager
 
 import pytest
 from PIL import Image as PILImage
@@ -16,6 +17,31 @@ def media_root(settings, tmp_path):
     """Every test writes its files under its own temporary folder."""
     settings.MEDIA_ROOT = tmp_path / "media"
     return settings.MEDIA_ROOT
+
+
+@pytest.fixture(scope="module")
+def module_media(tmp_path_factory):
+    """One media folder for a whole module, for pictures stored once for all its tests (see
+    ``rolled_back_at_end``); such a module shadows ``media_root`` with this."""
+    from django.test import override_settings
+
+    folder = tmp_path_factory.mktemp("media")
+    with override_settings(MEDIA_ROOT=folder):
+        yield folder
+
+
+@contextmanager
+def rolled_back_at_end(django_db_blocker):
+    """Rows a module-scoped fixture makes once for all of a module's tests, never committed: each
+    test runs in a savepoint inside this transaction and is rolled back to it (as in Django's
+    ``TestCase.setUpTestData``), so no test sees another's writes, and the rows go with one
+    ROLLBACK after the module instead of a DELETE. For modules whose tests use only ``django_db``
+    (not ``transaction=True`` or a live server: other connections cannot see these rows)."""
+    from django.db import transaction
+
+    with django_db_blocker.unblock(), transaction.atomic():
+        yield
+        transaction.set_rollback(True)
 
 
 def make_image_bytes(color=(200, 30, 30), size=(64, 48), fmt="JPEG", pattern: int = 0) -> bytes:

@@ -100,6 +100,36 @@ def flat_float_tiff(value: float, size=(40, 30)) -> bytes:
     return buffer.getvalue()
 
 
+def webp_canvas(width: int, height: int) -> bytes:
+    """An animated WebP of two 1x1 frames on a ``width`` x ``height`` canvas (~160 bytes) that decodes
+    fine: libwebp's animation decoder, which Pillow uses for every WebP, keeps two RGBA canvases."""
+    buffer = io.BytesIO()
+    frames = [Image.new("RGBA", (1, 1), (red, 2, 3, 4)) for red in (1, 9)]
+    frames[0].save(buffer, "WEBP", save_all=True, append_images=frames[1:], lossless=True)
+    data = bytearray(buffer.getvalue())
+    assert data[12:16] == b"VP8X", "Pillow wrote a WebP without the extended header"
+    data[24:30] = (width - 1).to_bytes(3, "little") + (height - 1).to_bytes(3, "little")  # canvas size - 1
+    return bytes(data)
+
+
+def heif_claiming(fmt: str, width: int, height: int) -> bytes:
+    """A 64x64 AVIF or HEIF (``fmt``) whose header (its ispe box) claims ``width`` x ``height``."""
+    import catalog.imaging  # noqa: F401 - registers pillow-heif's HEIF writer
+
+    buffer = io.BytesIO()
+    Image.new("RGB", (64, 64), (1, 2, 3)).save(buffer, fmt, quality=10)
+    data = bytearray(buffer.getvalue())
+    at = data.index(b"ispe") + 8  # box type, then version and flags
+    data[at:at + 8] = struct.pack(">II", width, height)
+    return bytes(data)
+
+
+def png_text_bomb(inflated: int = 8 * MB) -> bytes:
+    """A good 64x64 PNG with a zTXt chunk that inflates to ``inflated`` bytes."""
+    text = png_chunk(b"zTXt", b"Comment\x00\x00" + zlib_of_repeats(b"a" * 1024, inflated // 1024))
+    return png(64, 64, chunks=text)
+
+
 def jpeg_header(width: int, height: int) -> bytes:
     """SOI + a baseline SOF0 claiming the size, then nothing."""
     sof = struct.pack(">BHHB", 8, height, width, 3) + b"".join(bytes([i, 0x11, 0]) for i in (1, 2, 3))
@@ -159,6 +189,12 @@ def hostile_cases(*, good: int = 6) -> list[Case]:
         Case("huge-no-pixels.jpg", jpeg_header(10_000, 9_000), "truncated or corrupt"),
         Case("huge-header.jpg", jpeg_header(65_000, 65_000), "image too large"),
         Case("truncated.jpg", photo(900, size=(400, 300))[:1500], "truncated or corrupt"),
+        # Decoders that need far more than 4 bytes a pixel: the cap is weighted by format.
+        Case("canvas-10000x10000.webp", webp_canvas(10_000, 10_000), "image too large: 100000000 pixels"),
+        Case("canvas-5000x5000.webp", webp_canvas(5000, 5000), None),  # at the WebP limit: ~400 MB to decode
+        Case("claims-9000x9000.avif", heif_claiming("AVIF", 9000, 9000), "image too large: 81000000 pixels"),
+        Case("claims-9000x9000.heic", heif_claiming("HEIF", 9000, 9000), "image too large: 81000000 pixels"),
+        Case("text-bomb.png", png_text_bomb(), "metadata too large"),
         Case("empty.png", b"", "empty file"),
         Case("notes.jpg", b"a shopping list, not a photo\n" * 20, "not an image"),
         # Good images with hostile metadata: stored, the impossible date dropped.

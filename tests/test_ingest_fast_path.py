@@ -96,6 +96,20 @@ def test_decode_pool_rebuilds_once_per_breakage_and_isolates_the_culprit(monkeyp
     assert generations == 1
 
 
+def test_an_item_whose_decode_was_cancelled_by_a_pool_recycle_is_decoded_again():
+    """A timeout recycles the pool, which cancels the items not started yet: they are innocent and
+    decode again (under load, a stuck video failed the photo queued after it with "CancelledError")."""
+    from concurrent.futures import Future
+
+    spec = decoding.DecodeSpec(max_pixels=10**8, min_side=224, max_aspect_ratio=20.0, thumbnail_side=64,
+                               input_size=224)
+    with decoding.DecodePool(1, timeout=30) as pool:
+        cancelled = Future()
+        cancelled.cancel()  # what shutdown(cancel_futures=True) leaves for an item still waiting
+        result = pool.result(decoding.Pending(cancelled, pool._generation, hostile.photo(1), spec, None))
+    assert result.error == "" and result.pixels.shape == (224, 224, 3)
+
+
 @pytest.mark.django_db
 def test_an_image_that_decodes_forever_fails_after_the_timeout_and_the_rest_import(monkeypatch, settings):
     settings.INGEST_DECODE_TIMEOUT = 2

@@ -409,3 +409,50 @@ def test_dropping_a_space_never_blocks_searches_of_the_active_one():
         drop.join(60)
     assert not index_exists(alt) and not EmbeddingSpace.objects.filter(pk=alt.pk).exists()
     assert not Embedding.objects.filter(space_id=alt.pk).exists()
+
+
+def _rebuild_as(space: EmbeddingSpace, *, m: int, ef_construction: int) -> None:
+    """Make the space's graph one built with other parameters (as an older release did)."""
+    with connection.cursor() as cursor:
+        cursor.execute("SET CONSTRAINTS ALL IMMEDIATE")  # the test's transaction: pending FK checks block DDL
+        cursor.execute(f'DROP INDEX "{space.index_name}"')
+        cursor.execute(f'CREATE INDEX "{space.index_name}" ON catalog_embedding USING hnsw '
+                       f'((vector::halfvec({space.dimensions})) halfvec_ip_ops) '
+                       f"WITH (m = {m}, ef_construction = {ef_construction}) WHERE space_id = {space.pk}")
+
+
+def test_reindex_rebuilds_an_older_graph_with_the_current_parameters_and_searches_go_on():
+    ingest_pictures([(f"p{i}.png", varied_picture(i)) for i in range(4)])
+    space = spaces.active_space()
+    current = (EmbeddingSpace.HNSW_M, EmbeddingSpace.HNSW_EF_CONSTRUCTION)
+    assert space.graph_parameters() == current  # a new space's graph is built with them
+    _rebuild_as(space, m=16, ef_construction=128)
+    listing, _ = models("list")
+    assert "m=16 ef_construction=128 (older: models reindex)" in listing
+    before = [hit.image.pk for hit in images_search(params=SearchParams(text="a dog", top_k=4)).hits]
+
+    out, _ = models("reindex", space.name)
+    assert f"{space.name}: graph rebuilt (m={current[0]}, ef_construction={current[1]})." in out
+    assert space.graph_parameters() == current and space.has_index()
+    with connection.cursor() as cursor:  # the temporary graph is gone: one index serves the space
+        cursor.execute("SELECT count(*) FROM pg_indexes WHERE indexname LIKE %s", [f"{space.index_name}%"])
+        assert cursor.fetchone()[0] == 1
+    assert [hit.image.pk for hit in images_search(params=SearchParams(text="a dog", top_k=4)).hits] == before
+    out, _ = models("reindex", space.name)
+    assert "the graph already has" in out
+    with pytest.raises(CommandError, match="No embedding space"):
+        models("reindex", "no/such-space")
+
+
+def test_reindex_goes_on_after_an_interrupted_run():
+    ingest_pictures([("a.png", varied_picture(1))])
+    space = spaces.active_space()
+    _rebuild_as(space, m=16, ef_construction=128)
+    with connection.cursor() as cursor:  # killed while building the new graph: an invalid one is left
+        cursor.execute(f'CREATE INDEX "{space.index_name}_next" ON catalog_embedding USING hnsw '
+                       f"((vector::halfvec({space.dimensions})) halfvec_ip_ops) WHERE space_id = {space.pk}")
+        cursor.execute("UPDATE pg_index SET indisvalid = false WHERE indexrelid = to_regclass(%s)",
+                       [f"{space.index_name}_next"])
+    assert spaces.reindex(name=space.name) is True
+    assert space.graph_parameters() == (EmbeddingSpace.HNSW_M, EmbeddingSpace.HNSW_EF_CONSTRUCTION)
+    assert space.has_index()

@@ -1,33 +1,70 @@
-"""images_search: the one search function, against the real database and embedder."""
+"""images_search: the one search function, against the real database and embedder.
+
+The corpus of 24 pictures is ingested once for the module and rolled back after it
+(tests/conftest.py rolled_back_at_end): each test runs in its own savepoint, so a test that
+writes (deletes an embedding) leaves the corpus whole for the next, which ``corpus`` checks.
+"""
 
 import io
-from datetime import date, datetime, timezone
+from datetime import UTC, date, datetime
 
 import numpy as np
 import pytest
 from PIL import Image as PILImage
 
-from catalog.embedder import get_embedder
-from catalog.models import Embedding, EmbeddingSpace, Image
+from catalog.embedder import ClipEmbedder, get_embedder
+from catalog.models import Embedding, EmbeddingSpace
 from catalog.search import ImageFilters, SearchError, SearchParams, images_search
-from tests.conftest import ingest_pictures, varied_picture
+from tests.conftest import ingest_pictures, rolled_back_at_end, varied_picture
 
 pytestmark = pytest.mark.django_db
 
 CITIES = ["Paris", "Hangzhou", "Zurich", "Lima"]
 SIZES = [(64, 48), (48, 64), (56, 56)]  # landscape, portrait, square
+PICTURES = 24
+
+
+@pytest.fixture(autouse=True)
+def media_root(module_media):
+    """Shadows tests/conftest.py's per-test folder: the corpus's files serve every test here."""
+    return module_media
+
+
+@pytest.fixture(scope="module", autouse=True)
+def texts_embedded_once():
+    """The text tower is deterministic and dominated this module's time (tens of searches, eight
+    texts): each distinct text is run through it once per module and its vector reused."""
+    real, memo = ClipEmbedder.embed_texts, {}
+
+    def embed_texts(self, texts):
+        missing = [text for text in dict.fromkeys(texts) if (self.config, text) not in memo]
+        if missing:
+            memo.update(((self.config, text), vector) for text, vector in zip(missing, real(self, missing)))
+        return np.stack([memo[self.config, text] for text in texts]) if texts else real(self, texts)
+
+    with pytest.MonkeyPatch.context() as patch:
+        patch.setattr(ClipEmbedder, "embed_texts", embed_texts)
+        yield
+
+
+@pytest.fixture(scope="module")
+def stored_corpus(django_db_setup, django_db_blocker, module_media):
+    with rolled_back_at_end(django_db_blocker):
+        pictures = [(f"p{i}.png", varied_picture(i, SIZES[i % 3])) for i in range(PICTURES)]
+        images = ingest_pictures(pictures)
+        for i, image in enumerate(images):
+            image.city = CITIES[i % 4]
+            image.taken_at = datetime(2020 + i % 4, 6, 1 + i, 12, tzinfo=UTC)
+            image.group_key = f"g{i // 3}"
+            image.save()
+        yield images
 
 
 @pytest.fixture
-def corpus():
-    pictures = [(f"p{i}.png", varied_picture(i, SIZES[i % 3])) for i in range(24)]
-    images = ingest_pictures(pictures)
-    for i, image in enumerate(images):
-        image.city = CITIES[i % 4]
-        image.taken_at = datetime(2020 + i % 4, 6, 1 + i, 12, tzinfo=timezone.utc)
-        image.group_key = f"g{i // 3}"
-        image.save()
-    return images
+def corpus(stored_corpus):
+    """The module's corpus, whole: no earlier test's write may outlive that test."""
+    assert Embedding.objects.filter(image__in=stored_corpus).count() == len(stored_corpus) == PICTURES
+    return stored_corpus
 
 
 def exact_ranking(query_vector, images):

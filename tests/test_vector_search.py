@@ -1,7 +1,7 @@
 """vector_search.nearest against the real PostgreSQL + pgvector, checked against numpy.
 
-One corpus of 4,000 images with random 32-d unit vectors is built once for the module (committed,
-removed at the end). Filters hit 0.1%, 1%, 10%, 50% and 100% of it. Each check runs with the
+One corpus of 4,000 images with random 32-d unit vectors is built once for the module (rolled
+back at the end). Filters hit 0.1%, 1%, 10%, 50% and 100% of it. Each check runs with the
 plan ``nearest`` picks itself ("auto") and with the exact and the HNSW plan forced, so both code
 paths are covered at every selectivity.
 """
@@ -13,16 +13,17 @@ import pytest
 from django.db import connection
 from django.db.models import Q
 
+from bench.clustered import Collection, load_collection
 from catalog import vector_search
-from catalog.models import Embedding, EmbeddingSpace, Image
+from catalog.models import Embedding, EmbeddingSpace
 from catalog.vector_search import nearest, plan_for
+from tests.conftest import rolled_back_at_end
 
 pytestmark = pytest.mark.django_db
 
 ROWS = 4_000
 DIMS = 32
 SPACE = "test/vector-search-32"
-SHA_PREFIX = "f0f0"
 # width = 100 + i % 1000, so "width <= 100 + x" keeps (x + 1) per mille of the corpus
 SELECTIVITIES = {
     "0.1%": Q(width__lte=100),
@@ -68,29 +69,24 @@ def unit_vectors(rng, n):
 
 @pytest.fixture(scope="module")
 def corpus(django_db_setup, django_db_blocker):
-    with django_db_blocker.unblock():
-        space = EmbeddingSpace.objects.ensure(name=SPACE, dimensions=DIMS)
+    # COPYed by bench/clustered.py's loader (the HNSW index built once after the rows, several times
+    # faster than ORM inserts growing it row by row) and rolled back after the module
+    # (tests/conftest.py rolled_back_at_end).
+    with rolled_back_at_end(django_db_blocker):
         rng = np.random.default_rng(7)
         vectors = unit_vectors(rng, ROWS)
-        images = Image.objects.bulk_create(
-            Image(file=f"test/{i}.jpg", sha256=f"{SHA_PREFIX}{i:060x}", width=100 + i % 1000,
-                  height=100 + int(rng.integers(0, 1000)), city="Oslo" if i % 10 == 3 else "Lima",
-                  # groups of about ten; every fifth image has no group (a group of its own)
-                  group_key="" if i % 5 == 0 else f"g{i % 300}", source="folder")
-            for i in range(ROWS))
-        Embedding.objects.bulk_create(Embedding(image=image, space=space, vector=vector)
-                                      for image, vector in zip(images, vectors))
+        i = np.arange(ROWS)
+        cities = np.where(i % 10 == 3, "Oslo", "Lima")
+        groups = np.where(i % 5 == 0, "", np.char.add("g", (i % 300).astype(str)))  # ~ten a group; every fifth alone
+        collection = Collection(vectors=vectors, city=cities, width=(100 + i % 1000).astype(np.int32),
+                                height=(100 + rng.integers(0, 1000, size=ROWS)).astype(np.int32),
+                                taken_at=np.full(ROWS, np.datetime64("NaT"), dtype="datetime64[us]"),
+                                group_key=groups, cluster=np.zeros(ROWS, dtype=np.int32))
+        space, ids = load_collection(collection, space_name=SPACE)
         with connection.cursor() as cursor:
             cursor.execute("ANALYZE catalog_image")
-            cursor.execute("ANALYZE catalog_embedding")
-        yield Corpus(space, np.array([i.pk for i in images]), vectors,
-                     np.array([i.width for i in images]), np.array([i.city for i in images]),
-                     np.array([i.group_key or f"#{i.pk}" for i in images]))
-        Embedding.objects.filter(space=space).delete()
-        Image.objects.filter(sha256__startswith=SHA_PREFIX).delete()
-        with connection.schema_editor() as editor:
-            editor.remove_index(Embedding, space.hnsw_index())
-        space.delete()
+        yield Corpus(space, ids, vectors, collection.width, cities,
+                     np.where(groups == "", np.char.add("#", ids.astype(str)), groups))
 
 
 @pytest.fixture(params=list(STRATEGIES))
@@ -209,7 +205,20 @@ def test_plan_counts_the_matching_rows_and_walks_the_graph_only_above_the_exact_
             assert plan.matching == 101  # counting stops past the limit
             assert plan.ef_search > vector_search.EF_SEARCH_UNFILTERED  # a narrower filter walks further
     unfiltered = plan_for(space=corpus.space, image_filter=Q())
-    assert unfiltered.matching is None and unfiltered.ef_search == vector_search.EF_SEARCH_UNFILTERED
+    assert unfiltered.matching is None and unfiltered.ef_search == vector_search.EF_SEARCH_UNFILTERED_DENSE
+
+
+def test_the_unfiltered_walk_is_as_wide_as_the_graph_it_walks_needs(corpus, monkeypatch):
+    """A graph built with ef_construction 128 (before 2026-11-26) misses tight trips below ef_search 800;
+    one built with the current 256 reaches them from 200 (bench/README.md)."""
+    monkeypatch.setattr(vector_search, "EXACT_MAX_ROWS", -1)
+    monkeypatch.setattr(corpus.space, "graph_parameters", lambda **kwargs: (16, 128))
+    vector_search._graph_builds.clear()
+    assert plan_for(space=corpus.space, image_filter=Q()).ef_search == vector_search.EF_SEARCH_UNFILTERED == 800
+    monkeypatch.setattr(corpus.space, "graph_parameters", lambda **kwargs: (16, 256))
+    vector_search._graph_builds.clear()
+    assert plan_for(space=corpus.space, image_filter=Q()).ef_search == vector_search.EF_SEARCH_UNFILTERED_DENSE
+    vector_search._graph_builds.clear()
 
 
 def test_unfiltered_query_is_served_by_the_hnsw_index(corpus, monkeypatch):

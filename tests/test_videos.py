@@ -22,7 +22,7 @@ from catalog.ingest import video as videos
 from catalog.ingest.pipeline import IngestItem, IngestOptions, ingest_items, video_spec
 from catalog.jobs import requests as jobs
 from catalog.jobs import tasks
-from catalog.models import Embedding, Image, ImportItem, ImportJob, Video
+from catalog.models import DeletedContent, Embedding, Image, ImportItem, ImportJob, Video
 from tests.conftest import import_folder, make_image_bytes
 
 FPS = 10
@@ -92,6 +92,37 @@ def test_a_fast_pan_is_not_a_cut_at_every_sample_but_a_cut_in_it_is():
     # as at a cut, yet only the cut (at 4 s) and the pan's first moment count.
     chosen = times(make_video([4.0, 4.0], drift=3, block=40, seed=20))
     assert len(chosen) <= 3 and any(4.0 <= t <= 4.5 for t in chosen), chosen
+
+
+def make_pan(scenes: list[float], *, speed: int, size=(160, 120), block: int = 40, seed: int = 0) -> bytes:
+    """A camera panning ``speed`` pixels a frame across a wide picture (new content comes in at the
+    edge; nothing wraps around), a new picture at each scene's start: a hard cut."""
+    import av
+
+    rng = np.random.default_rng(seed)
+    buffer = io.BytesIO()
+    with av.open(buffer, "w", format="mp4") as out:
+        stream = out.add_stream("libx264", rate=FPS)
+        stream.width, stream.height, stream.pix_fmt = size[0], size[1], "yuv420p"
+        for seconds in scenes:
+            frames = round(seconds * FPS)
+            wide = size[0] + speed * frames
+            scene = rng.integers(0, 256, size=(-(-size[1] // block), -(-wide // block), 3), dtype=np.uint8)
+            scene = scene.repeat(block, 0).repeat(block, 1)[:size[1], :wide]
+            for step in range(frames):
+                window = np.ascontiguousarray(scene[:, step * speed:step * speed + size[0]])
+                out.mux(stream.encode(av.VideoFrame.from_ndarray(window, format="rgb24")))
+        out.mux(stream.encode())
+    return buffer.getvalue()
+
+
+# Pixels a frame; at 10 fps and a sample every 0.5 s, 12 is 60 px (3/8 of the width) between samples.
+@pytest.mark.parametrize("speed", [4, 8, 12])
+def test_a_cut_inside_a_fast_pan_is_found_and_a_fast_pan_alone_is_no_cut(speed):
+    interval = video_spec().sample_interval
+    chosen = times(make_pan([4.0, 4.0], speed=speed, seed=30))
+    assert len(chosen) == 2 and chosen[0] == 0.0 and 4.0 <= chosen[1] <= 4.0 + interval, chosen
+    assert times(make_pan([8.0], speed=speed, seed=31)) == [0.0]
 
 
 def test_max_frames_caps_the_key_frames():
@@ -181,14 +212,31 @@ def test_deleting_frames_or_the_video_leaves_no_orphan(media_root, django_captur
     with django_capture_on_commit_callbacks(execute=True):  # as the admin deletes: rows, then files
         delete_images(first.frames.filter(video_time=0))
     assert Video.objects.filter(pk=first.pk).exists() and default_storage.exists(first.file.name)  # a frame left
+    assert not DeletedContent.objects.exists()  # the video is still stored
     with django_capture_on_commit_callbacks(execute=True):
         delete_images(first.frames.all())
     assert not Video.objects.filter(pk=first.pk).exists()  # went with its last frame (trigger)
     assert not default_storage.exists(first.file.name)
+    # Its bytes are remembered as deleted (a watched folder skips them), not its frames' derived keys.
+    assert list(DeletedContent.objects.values_list("sha256", "original_name")) == [(first.sha256, "a.mp4")]
     second.frames.all().delete()  # any other way (shell, SQL): the trigger still removes the row
     assert not Video.objects.filter(pk=second.pk).exists()
     third.delete()  # the video: its frames and their vectors go with it
     assert not Image.objects.exists() and not Embedding.objects.exists() and not Video.objects.exists()
+
+
+@pytest.mark.django_db
+def test_a_deleted_video_is_skipped_by_a_watch_run_and_re_added_by_an_import(media_root):
+    from catalog.derived_files import delete_images
+
+    data = make_video([1.0], seed=22)
+    ingest(("clip.mp4", data))
+    delete_images(Image.objects.all())
+    watched = ingest_items([IngestItem.from_bytes("clip.mp4", data)],
+                           options=IngestOptions(source=Image.Source.FOLDER, skip_deleted=True))
+    assert [o.status for o in watched.outcomes] == ["deleted"] and not Video.objects.exists()
+    assert [o.status for o in ingest(("again.mp4", data)).outcomes] == ["added"]
+    assert Video.objects.get().original_name == "again.mp4" and not DeletedContent.objects.exists()
 
 
 # --- hostile videos -------------------------------------------------------------------------------
@@ -222,6 +270,114 @@ def test_each_hostile_video_gets_its_own_error_in_bounded_time(settings, media_r
         else:
             assert outcome.status == "failed" and expected in outcome.reason, (name, outcome)
     assert Video.objects.count() == 1
+
+
+def _size_changing_video(first: tuple[int, int], then: tuple[int, int], *, seconds: float = 3.0) -> bytes:
+    """An MJPEG video in Matroska whose frames are ``first`` large for the first half and ``then``
+    after it (each packet is a JPEG of its own, so the size may change at any frame); its header
+    says ``first``."""
+    import fractions
+
+    import av
+
+    halves = [make_image_bytes(size=first, color=(200, 30, 30)), make_image_bytes(size=then, color=(30, 200, 30))]
+    count = round(seconds * FPS)
+    buffer = io.BytesIO()
+    with av.open(buffer, "w", format="matroska") as out:
+        stream = out.add_stream("mjpeg", rate=FPS)
+        stream.width, stream.height, stream.pix_fmt = first[0], first[1], "yuvj420p"
+        for index in range(count):
+            packet = av.Packet(halves[index >= count // 2])
+            packet.stream, packet.pts, packet.dts = stream, index, index
+            packet.time_base = fractions.Fraction(1, FPS)
+            out.mux(packet)
+    return buffer.getvalue()
+
+
+@pytest.mark.django_db
+def test_a_frame_size_change_past_the_pixel_cap_mid_stream_refuses_the_whole_video(settings, media_root):
+    settings.VIDEO_MAX_PIXELS = 100 * 100
+    growing = _size_changing_video((96, 64), (400, 300))  # the header's 96x64 passes; frames from 1.5 s do not
+    assert len(times(_size_changing_video((96, 64), (64, 48)), max_pixels=100 * 100)) >= 2  # a change under the cap is fine
+    started = time.monotonic()
+    report = ingest(("growing.mkv", growing), ("photo.jpg", make_image_bytes()))
+    assert time.monotonic() - started < 60
+    growing_outcome, photo = report.outcomes
+    assert growing_outcome.status == "failed", growing_outcome
+    assert growing_outcome.reason.startswith("frames too large: the frame size changes after 1.4 s to more than "
+                                             "10000 pixels (IMAGESEARCH_VIDEO_MAX_PIXELS)"), growing_outcome.reason
+    assert photo.status == "added"
+    # Not a video cut short at the change: nothing of it is stored (the frames before it included).
+    assert not Video.objects.exists() and list(Image.objects.values_list("original_name", flat=True)) == ["photo.jpg"]
+
+
+def _oriented_video(rotation: int, *, fmt: str = "mp4") -> bytes:
+    """A 160x120 video, red above and blue below, whose display matrix turns it ``rotation``
+    degrees counter-clockwise (a phone held upright records landscape frames and such a turn)."""
+    import av
+
+    picture = np.zeros((120, 160, 3), dtype=np.uint8)
+    picture[:60, :, 0] = 255
+    picture[60:, :, 2] = 255
+    buffer = io.BytesIO()
+    with av.open(buffer, "w", format=fmt) as out:
+        stream = out.add_stream("libx264", rate=FPS)
+        stream.width, stream.height, stream.pix_fmt = 160, 120, "yuv420p"
+        stream.set_display_rotation(rotation)
+        for _ in range(FPS):
+            out.mux(stream.encode(av.VideoFrame.from_ndarray(picture, format="rgb24")))
+        out.mux(stream.encode())
+    return buffer.getvalue()
+
+
+def _red_side(image) -> str:
+    """Which side of a picture is red: "top", "bottom", "left" or "right"."""
+    pixels = np.asarray(image.convert("RGB"), dtype=np.int16)
+    height, width = pixels.shape[:2]
+    sides = {"top": pixels[: height // 4], "bottom": pixels[-height // 4:],
+             "left": pixels[:, : width // 4], "right": pixels[:, -width // 4:]}
+    return max(sides, key=lambda side: float((sides[side][..., 0] - sides[side][..., 2]).mean()))
+
+
+@pytest.mark.django_db
+def test_a_phone_video_is_stored_upright_with_its_displayed_size(media_root):
+    from PIL import Image as PILImage
+
+    report = ingest(("portrait.mp4", _oriented_video(-90)))  # shown turned a quarter clockwise: red on the right
+    assert report.outcomes[0].status == "added", report.outcomes
+    video = Video.objects.get()
+    assert (video.width, video.height) == (120, 160)
+    frame = video.frames.get()
+    assert (frame.width, frame.height) == (120, 160)
+    with default_storage.open(frame.file.name) as handle, PILImage.open(handle) as stored:
+        assert stored.size == (120, 160) and _red_side(stored) == "right"
+
+
+@pytest.mark.parametrize(("rotation", "size", "red"), [(0, (160, 120), "top"), (90, (120, 160), "left"),
+                                                       (180, (160, 120), "bottom"), (270, (120, 160), "right")])
+def test_key_frames_are_turned_as_the_display_matrix_says(rotation, size, red):
+    info, images = videos.key_frames(_oriented_video(rotation, fmt="mov"), spec(), keep=lambda t, image: image)
+    assert ((info.width, info.height), images[0].size, _red_side(images[0])) == (size, size, red)
+
+
+@pytest.mark.django_db
+def test_a_video_past_the_video_timeout_fails_alone_and_stores_nothing(monkeypatch, settings, media_root):
+    from catalog.ingest import decoding
+    from tests import decode_faults
+
+    settings.VIDEO_TIMEOUT = 1  # the videos' own limit, not the pictures' (left long)
+    settings.INGEST_DECODE_TIMEOUT = 600
+    monkeypatch.setattr(decoding, "decode", decode_faults.hang_on_mark)  # in the decode processes
+    stuck = make_video([1.0], size=(96, 64), seed=23) + decode_faults.MARK
+    started = time.monotonic()
+    report = ingest(("stuck.mp4", stuck), ("fine.mp4", make_video([1.0], size=(96, 64), seed=24)),
+                    ("photo.jpg", make_image_bytes()))
+    assert time.monotonic() - started < 60  # the stuck one is given up on, not waited for
+    assert [(o.name, o.status) for o in report.outcomes] == [
+        ("stuck.mp4", "failed"), ("fine.mp4", "added"), ("photo.jpg", "added")]
+    assert report.outcomes[0].reason == "could not be processed: decoding took longer than 1 s"
+    assert list(Video.objects.values_list("original_name", flat=True)) == ["fine.mp4"]
+    assert Image.objects.filter(video=None).count() == 1
 
 
 def test_a_video_with_thousands_of_streams_is_refused_from_its_header():

@@ -5,6 +5,7 @@ test moves, except in the SIGTERM test, which runs the real command."""
 from __future__ import annotations
 
 import hashlib
+import io
 import os
 import signal
 import subprocess
@@ -199,3 +200,159 @@ def test_the_watch_command_imports_a_file_and_exits_cleanly_on_sigterm(tmp_path)
                 watcher.kill()
                 watcher.wait()
     assert log.read_text().splitlines()[-2:] == [f"added {folder / 'dropped.png'}", "Stopped."]
+
+
+# --- pictures and videos deleted in the app ---------------------------------------------------------
+
+
+def settle_and_scan(watcher: FolderWatcher, clock: Clock):
+    watcher.scan()
+    clock.now += SETTLE
+    return watcher.scan()
+
+
+@pytest.mark.django_db
+def test_a_picture_deleted_in_the_app_is_not_brought_back_by_a_restarted_watcher(inbox):
+    from catalog.derived_files import delete_images
+    from catalog.models import DeletedContent
+
+    lines, clock = [], Clock()
+    (inbox / "keep.png").write_bytes(varied_picture(40))
+    (inbox / "gone.png").write_bytes(varied_picture(41))
+    settle_and_scan(make_watcher(inbox, lines, clock), clock)
+    assert Image.objects.count() == 2
+    delete_images(Image.objects.filter(original_name="gone.png"))  # as the admin deletes it; the file stays
+    assert list(DeletedContent.objects.values_list("sha256", "original_name")) == [
+        (hashlib.sha256(varied_picture(41)).hexdigest(), "gone.png")]
+
+    lines.clear()
+    restarted = make_watcher(inbox, lines, clock)
+    report = settle_and_scan(restarted, clock)
+    assert report.known == 1 and [o.status for o in report.outcomes] == ["deleted"]
+    assert lines == [f"skipped {inbox / 'gone.png'}: deleted in the app (watch --include-deleted imports it again)"]
+    for _ in range(2):  # one line per file, not one per scan
+        clock.now += SETTLE
+        restarted.scan()
+    assert len(lines) == 1 and list(Image.objects.values_list("original_name", flat=True)) == ["keep.png"]
+
+    # The same bytes under another name are the same deleted picture.
+    (inbox / "copy-of-gone.png").write_bytes(varied_picture(41))
+    settle_and_scan(restarted, clock)
+    assert lines[-1].startswith(f"skipped {inbox / 'copy-of-gone.png'}: deleted in the app")
+    assert Image.objects.count() == 1
+
+
+@pytest.mark.django_db
+def test_an_upload_of_deleted_bytes_is_a_deliberate_re_add_and_clears_the_tombstone(inbox):
+    from catalog.derived_files import delete_images
+    from catalog.models import DeletedContent
+    from tests.conftest import ingest_pictures
+
+    lines, clock = [], Clock()
+    (inbox / "a.png").write_bytes(varied_picture(42))
+    settle_and_scan(make_watcher(inbox, lines, clock), clock)
+    delete_images(Image.objects.all())
+    assert DeletedContent.objects.count() == 1
+
+    [image] = ingest_pictures([("uploaded.png", varied_picture(42))])  # the upload path: not the watcher's
+    assert image.source == Image.Source.UPLOAD and not DeletedContent.objects.exists()
+    lines.clear()
+    settle_and_scan(make_watcher(inbox, lines, clock), clock)  # a restart: the file is a duplicate again
+    assert lines == [f"skipped {inbox / 'a.png'}: already stored"] and Image.objects.count() == 1
+
+
+@pytest.mark.django_db
+def test_the_import_command_re_adds_deleted_bytes(tmp_path):
+    from catalog.derived_files import delete_images
+    from catalog.models import DeletedContent
+    from tests.conftest import import_folder
+
+    (tmp_path / "a.png").write_bytes(varied_picture(43))
+    assert import_folder(tmp_path)[2] is None
+    delete_images(Image.objects.all())
+    assert DeletedContent.objects.exists() and not Image.objects.exists()
+    out, err, error = import_folder(tmp_path)
+    assert error is None and Image.objects.count() == 1 and not DeletedContent.objects.exists(), (out, err)
+
+
+@pytest.mark.django_db
+def test_include_deleted_imports_deleted_pictures_again(inbox):
+    from catalog.derived_files import delete_images
+    from catalog.models import DeletedContent
+
+    lines, clock = [], Clock()
+    (inbox / "a.png").write_bytes(varied_picture(44))
+    settle_and_scan(make_watcher(inbox, lines, clock), clock)
+    delete_images(Image.objects.all())
+
+    lines.clear()
+    watcher = FolderWatcher(inbox, options=IngestOptions(source=Image.Source.FOLDER), settle=SETTLE,
+                            include_deleted=True, on_line=lines.append, clock=clock)
+    settle_and_scan(watcher, clock)
+    assert lines == [f"added {inbox / 'a.png'}"] and Image.objects.count() == 1
+    assert not DeletedContent.objects.exists()  # stored again: nothing to skip at the next plain start
+
+
+@pytest.mark.django_db
+def test_a_delete_that_does_not_commit_leaves_no_tombstone(monkeypatch):
+    from catalog import derived_files
+    from catalog.models import DeletedContent
+    from tests.conftest import ingest_pictures
+
+    ingest_pictures([("a.png", varied_picture(45))])
+
+    def crash(callback):  # the last step inside the delete's transaction
+        raise RuntimeError("killed before the commit")
+
+    monkeypatch.setattr(derived_files.transaction, "on_commit", crash)
+    with pytest.raises(RuntimeError, match="killed before the commit"):
+        derived_files.delete_images(Image.objects.all())
+    assert Image.objects.count() == 1 and not DeletedContent.objects.exists()
+
+
+@pytest.mark.django_db
+def test_tombstones_are_unique_per_content_and_a_second_delete_moves_its_time():
+    from django.db import IntegrityError, transaction
+
+    from catalog.derived_files import _remember_deleted
+    from catalog.models import DeletedContent
+
+    sha = hashlib.sha256(b"x").hexdigest()
+    _remember_deleted([(sha, "first.png")])
+    first = DeletedContent.objects.get()
+    _remember_deleted([(sha, "second.png")])
+    again = DeletedContent.objects.get()
+    assert (again.original_name, again.deleted_at >= first.deleted_at) == ("second.png", True)
+    for bad in (sha, "not-a-hash"):  # the database refuses a second row, and anything but a hash
+        with pytest.raises(IntegrityError), transaction.atomic():
+            DeletedContent.objects.create(sha256=bad)
+
+
+@pytest.mark.django_db
+def test_the_watch_command_honours_deletions_unless_include_deleted(tmp_path, monkeypatch):
+    from django.core.management import call_command
+
+    seen = []
+    monkeypatch.setattr(FolderWatcher, "run", lambda self, **kwargs: seen.append(self.options.skip_deleted))
+    call_command("watch", str(tmp_path), stdout=io.StringIO())
+    call_command("watch", str(tmp_path), "--include-deleted", stdout=io.StringIO())
+    assert seen == [True, False]
+
+
+@pytest.mark.django_db
+def test_sample_photos_deleted_in_the_app_are_not_loaded_again_at_the_next_start(tmp_path, monkeypatch):
+    from django.core.management import call_command
+
+    from catalog.derived_files import delete_images
+    from catalog.management.commands import load_sample_images
+
+    samples = [tmp_path / "astronaut.png", tmp_path / "coffee.png"]
+    for index, path in enumerate(samples):
+        path.write_bytes(varied_picture(50 + index))
+    monkeypatch.setattr(load_sample_images, "sample_photo_paths", lambda: samples)
+    call_command("load_sample_images", "--no-progress", stdout=io.StringIO())
+    delete_images(Image.objects.filter(original_name="coffee.png"))
+    out = io.StringIO()
+    call_command("load_sample_images", "--no-progress", stdout=out)  # bin/serve runs it at every start
+    assert "skipped 1 duplicate(s) and 1 deleted in the app" in out.getvalue()
+    assert list(Image.objects.values_list("original_name", flat=True)) == ["astronaut.png"]

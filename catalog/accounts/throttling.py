@@ -54,20 +54,31 @@ class ScopeThrottle(SimpleRateThrottle):
         return f"throttle:{self.scope}:{kind}:{ident}"
 
 
-def throttled_page(request, scope: str, *, user=None):
-    """For plain Django views: None while ``scope`` allows the request (and counts it), else a 429
-    page (the JSON error shape under /api/) with Retry-After. ``user``: who to count when it is not
-    ``request.user`` (e.g. a page request authenticated by a bearer token)."""
-    from catalog.request_input import refusal
-
+def throttle_wait(request, scope: str, *, user=None) -> int | None:
+    """Count the request in ``scope``: None while the scope allows it, else the seconds to wait.
+    ``user``: who to count when it is not ``request.user`` (e.g. a page request authenticated by
+    a bearer token)."""
     counted = _AsUser(request, user) if user is not None and user is not getattr(request, "user", None) else request
     throttle = ScopeThrottle()
     if throttle.allow_request(counted, SimpleNamespace(throttle_scope=scope)):
         return None
-    wait = max(1, math.ceil(throttle.wait() or 1))
-    message = ngettext("Too many requests; try again in %(wait)d second.",
-                       "Too many requests; try again in %(wait)d seconds.", wait) % {"wait": wait}
-    response = refusal(request, 429, message)
+    return max(1, math.ceil(throttle.wait() or 1))
+
+
+def too_many_requests(wait: int) -> str:
+    return ngettext("Too many requests; try again in %(wait)d second.",
+                    "Too many requests; try again in %(wait)d seconds.", wait) % {"wait": wait}
+
+
+def throttled_page(request, scope: str, *, user=None):
+    """For plain Django views: None while ``scope`` allows the request (and counts it), else a 429
+    page (the JSON error shape under /api/) with Retry-After."""
+    from catalog.request_input import refusal
+
+    wait = throttle_wait(request, scope, user=user)
+    if wait is None:
+        return None
+    response = refusal(request, 429, too_many_requests(wait))
     response["Retry-After"] = str(wait)
     return response
 

@@ -54,3 +54,14 @@ def revoke_tokens(*, prefix: str, user=None) -> int:
     if user is not None:
         tokens = tokens.filter(user=user)
     return tokens.delete()[0]
+
+
+def may_create_token(*, by, user) -> bool:
+    """A token acts as its user: only superusers may make one for someone else (the admin's add form)."""
+    return by.is_superuser or by.pk == user.pk
+
+
+def revoke_user_tokens(*, user) -> int:
+    """Delete every token of ``user`` (their password changed: tokens made with the old one must not
+    outlive it). Returns how many."""
+    return AuthToken.objects.filter(user=user).delete()[0]

@@ -9,6 +9,8 @@ over-long URLs, refused bodies, server errors) is rewritten by ``catalog.request
 
 from __future__ import annotations
 
+import errno
+
 from django.conf import settings
 from django.core.exceptions import RequestDataTooBig, TooManyFieldsSent, TooManyFilesSent
 from django.db import InterfaceError, OperationalError
@@ -21,6 +23,17 @@ from rest_framework.views import exception_handler as drf_exception_handler
 from catalog.embedder import EmbedderUnavailable
 from catalog.search import ImageNotFound, SearchError
 from catalog.uploads import BodyTooLarge, body_too_large_message
+
+
+# The disk (or the user's quota, or the largest file it allows) is full while a request writes:
+# 507, never a 500; nothing of the request is kept (catalog.jobs.requests.create_job).
+DISK_FULL_ERRNOS = frozenset({errno.ENOSPC, errno.EDQUOT, errno.EFBIG})
+DISK_FULL = gettext_lazy("The server has no room to store this upload right now; nothing was kept. Try again "
+                         "later, or ask the administrator to free disk space.")
+
+
+def is_disk_full(exc: BaseException | None) -> bool:
+    return isinstance(exc, OSError) and exc.errno in DISK_FULL_ERRNOS
 
 
 DATABASE_UNAVAILABLE = gettext_lazy("The database cannot be reached right now; try again in a few seconds.")
@@ -63,6 +76,8 @@ def api_exception_handler(exc, context):
         exc = exceptions.ValidationError({"non_field_errors": [str(exc)]})
     if isinstance(exc, EmbedderUnavailable):
         return Response(error_body(503, "model_unavailable", str(exc)), status=status.HTTP_503_SERVICE_UNAVAILABLE)
+    if is_disk_full(exc):  # storing an upload (or spooling it to a temporary file) ran out of room
+        return Response(error_body(507, "storage_full", DISK_FULL), status=status.HTTP_507_INSUFFICIENT_STORAGE)
     if isinstance(exc, DATABASE_ERRORS):  # the database is down or restarting
         return Response(error_body(503, "database_unavailable", DATABASE_UNAVAILABLE),
                         status=status.HTTP_503_SERVICE_UNAVAILABLE, headers={"Retry-After": str(RETRY_AFTER_SECONDS)})

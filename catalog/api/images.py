@@ -33,7 +33,8 @@ class ImageCollectionView(StrictQueryMixin, ListAPIView):
     pagination_class = ImagePagination
     write_permissions = {"POST": [IMPORT_PERMISSION]}  # reads: the default CanRead
     throttle_classes = [ScopeThrottle]
-    throttle_scopes = {"POST": "upload"}
+    # Listing runs a filtered count and a page of rows, like browsing on the search page: one search budget.
+    throttle_scopes = {"GET": "search", "HEAD": "search", "POST": "upload"}
     query_serializer_methods = ("GET",)
 
     def get_queryset(self):

@@ -19,6 +19,7 @@ ERROR_DESCRIPTIONS = {
     415: "Unsupported Content-Type for the request body.",
     429: "Too many requests: wait for Retry-After seconds.",
     503: "The model or the database is unavailable for a moment: retry after Retry-After seconds.",
+    507: "The server has no room to store the request's files (disk full); nothing was kept.",
 }
 _RETRY_AFTER = {"Retry-After": {"schema": {"type": "integer"}, "description": "Seconds to wait before retrying."}}
 _BODY_METHODS = ("POST", "PUT", "PATCH")
@@ -56,7 +57,7 @@ class ApiAutoSchema(AutoSchema):
         if "{" in self.path or paginated or 404 in getattr(view, "error_statuses", ()):
             statuses.add(404)
         if method in _BODY_METHODS:
-            statuses |= {413, 415}
+            statuses |= {413, 415, 507}  # 507: a file of the body met a full disk (spooled or stored)
         if getattr(view, "throttle_classes", None):
             statuses.add(429)
         return sorted(statuses)

@@ -19,7 +19,7 @@ from __future__ import annotations
 import multiprocessing
 import os
 import threading
-from concurrent.futures import Future, ProcessPoolExecutor
+from concurrent.futures import CancelledError, Future, ProcessPoolExecutor
 from concurrent.futures import TimeoutError as FutureTimeout
 from concurrent.futures.process import BrokenProcessPool
 from dataclasses import dataclass
@@ -201,7 +201,7 @@ class DecodePool:
             with self._lock:  # the others in flight see a broken pool and are retried alone, below
                 self._rebuild(pending.generation, kill=True)
             return Decoded(error=self._too_slow(timeout))
-        except BrokenProcessPool:
+        except (BrokenProcessPool, CancelledError):  # a child died, or a timeout elsewhere recycled the pool
             pass
         except Exception as error:  # the task raised past its own handler, or its result did not pickle
             return Decoded(error=f"could not be processed: {short_error(error)}")

@@ -26,6 +26,10 @@ processes, embedded with the batch, and stored as images of their own (Image.vid
 with the Video row in one transaction per video, under the lock of the video's hash; a stored
 video's bytes are a duplicate whose outcome names its first frame.
 
+Bytes deleted in the app (catalog.models.DeletedContent) are skipped when the caller asks
+(``IngestOptions.skip_deleted``: the watched folder, the sample photos), looked up per chunk of
+hashes like the stored ones; storing bytes removes their tombstone in the same transaction.
+
 Vectors go into the active embedding space and, while another space is being built, into that
 one too (catalog/spaces.py), in the same transaction as the image row.
 
@@ -55,7 +59,7 @@ from django.db import IntegrityError, connection, transaction
 
 from catalog import geocode, spaces
 from catalog.embedder import ClipEmbedder, EmbedderUnavailable, get_embedder
-from catalog.imaging import ImageMetadata
+from catalog.imaging import TAKEN_AT_MAX, ImageMetadata
 from catalog.ingest import decoding, gpu_decoding
 from catalog.ingest import video as videos
 from catalog.ingest.lanes import StoreLanes
@@ -63,7 +67,7 @@ from catalog.ingest.decoding import Decoded, DecodePool, DecodeSpec, Pending
 from catalog.ingest.decoding import short_error as _short
 from catalog.ingest.names import safe_text
 from catalog.ingest.rows import copy_embeddings
-from catalog.models import EmbeddingSpace, Image, Video, files_in_use
+from catalog.models import DeletedContent, EmbeddingSpace, Image, Video, files_in_use
 
 logger = logging.getLogger(__name__)
 
@@ -125,11 +129,15 @@ class IngestOptions:
     city: str = ""
     group_key: str = ""
     added_by_id: int | None = None  # the user who started the import, if any
+    # Skip bytes deleted in the app (DeletedContent): a watched folder still holding the file must not
+    # bring it back. Every other import is a deliberate re-add, and storing clears the tombstone.
+    skip_deleted: bool = False
 
 
 @dataclass(frozen=True)
 class ItemOutcome:
     ADDED, DUPLICATE, FAILED = "added", "duplicate", "failed"
+    DELETED = "deleted"  # deleted in the app, not imported again (only with IngestOptions.skip_deleted)
 
     name: str
     source_ref: str
@@ -171,6 +179,7 @@ class _Prepared:
     pixels: object = None  # the model input as uint8 pixels (decoding.Decoded.pixels)
     error: str = ""
     duplicate_of: int | None = None  # an already stored image with the same bytes
+    deleted: bool = False  # deleted in the app, and the run skips such bytes (IngestOptions.skip_deleted)
     first_copy: "_Prepared | _Seen | None" = None  # the same bytes earlier in this run
     video_kind: str | None = None  # a video's container by its first bytes (catalog.ingest.video.sniff)
     video: videos.VideoInfo | None = None  # a decoded video: its key frames in ``frames``
@@ -274,7 +283,8 @@ def ingest_items(items: Iterable[IngestItem], *, options: IngestOptions,
             ThreadPoolExecutor(max_workers=FILE_WRITERS * lanes, thread_name_prefix="ingest-write") as writers, \
             StoreLanes(lanes) as store:
         embedding: tuple[list[_Prepared], Future] | None = None
-        for batch in _batched(_prepare_all(items, embedder, workers), embedder.config.batch_size,
+        for batch in _batched(_prepare_all(items, embedder, workers, skip_deleted=options.skip_deleted),
+                              embedder.config.batch_size,
                               weight=lambda prepared: len(prepared.frames) or 1):
             ready = []
             for prepared in batch:
@@ -283,6 +293,8 @@ def ingest_items(items: Iterable[IngestItem], *, options: IngestOptions,
                     record(prepared, _failed(prepared, prepared.error))
                 elif prepared.duplicate_of is not None:
                     record(prepared, _duplicate(prepared, prepared.duplicate_of))
+                elif prepared.deleted:
+                    record(prepared, _deleted(prepared))
                 elif first is not None:  # its first copy may not be stored yet
                     record(prepared, _failed(prepared, first.error) if first.error else _duplicate(prepared, None))
                 else:
@@ -347,7 +359,8 @@ def video_spec() -> videos.VideoSpec:
                             max_streams=settings.VIDEO_MAX_STREAMS, max_aspect_ratio=settings.IMAGE_MAX_ASPECT_RATIO)
 
 
-def _prepare_all(items: Iterable[IngestItem], embedder: ClipEmbedder, workers: int) -> Iterator[_Prepared]:
+def _prepare_all(items: Iterable[IngestItem], embedder: ClipEmbedder, workers: int, *,
+                 skip_deleted: bool = False) -> Iterator[_Prepared]:
     """Read and hash items in threads, then decode those not stored yet in ``workers``
     processes, in order, keeping a bounded number in flight. Known hashes are looked up once per
     chunk, on this (the calling) thread, which owns the database connection."""
@@ -373,6 +386,8 @@ def _prepare_all(items: Iterable[IngestItem], embedder: ClipEmbedder, workers: i
             known = Image.objects.ids_by_hash(p.sha256 for p in chunk if not p.error and not p.video_kind)
             if any(p.video_kind for p in chunk):  # a stored video: the id of its first frame
                 known.update(Video.objects.first_frames_by_hash(p.sha256 for p in chunk if not p.error and p.video_kind))
+            # Per chunk, like the known hashes: a huge folder never has every tombstone in memory.
+            deleted = DeletedContent.objects.among(p.sha256 for p in chunk if not p.error) if skip_deleted else set()
             entries: list[list] = []
             for_gpu: list[tuple[list, bytes]] = []
             for prepared in chunk:
@@ -381,6 +396,9 @@ def _prepare_all(items: Iterable[IngestItem], embedder: ClipEmbedder, workers: i
                     pass
                 elif prepared.sha256 in known:
                     prepared.duplicate_of = known[prepared.sha256]
+                    prepared.release()
+                elif prepared.sha256 in deleted:
+                    prepared.deleted = True
                     prepared.release()
                 elif prepared.sha256 in first_by_hash:
                     prepared.first_copy = first_by_hash[prepared.sha256]
@@ -530,6 +548,11 @@ def _failed(prepared: _Prepared, reason: str) -> ItemOutcome:
                        key=prepared.item.key)
 
 
+def _deleted(prepared: _Prepared) -> ItemOutcome:
+    return ItemOutcome(prepared.item.name, prepared.item.source_ref, ItemOutcome.DELETED,
+                       reason="deleted in the app", key=prepared.item.key)
+
+
 def _duplicate(prepared: _Prepared, existing_id: int | None) -> ItemOutcome:
     reason = "already stored"
     if prepared.item.metadata is not None:  # a manifest row: say that its metadata went nowhere
@@ -574,10 +597,14 @@ def _store_batch(pairs: list[tuple[_Prepared, list]], *, options: IngestOptions,
     with content_locks([prepared.sha256 for prepared, _ in pairs]):
         # Under the locks this is the final word: a concurrent worker has committed or will wait.
         existing = Image.objects.ids_by_hash(prepared.sha256 for prepared, _ in pairs)
+        # Deleted since it was read (the delete committed meanwhile): still skipped.
+        deleted = DeletedContent.objects.among(p.sha256 for p, _ in pairs) if options.skip_deleted else set()
         new = []
         for prepared, vector in pairs:
             if prepared.sha256 in existing:
                 outcomes[prepared.index] = _duplicate(prepared, existing[prepared.sha256])
+            elif prepared.sha256 in deleted:
+                outcomes[prepared.index] = _deleted(prepared)
             else:
                 new.append((prepared, vector))
         committed = False
@@ -586,6 +613,7 @@ def _store_batch(pairs: list[tuple[_Prepared, list]], *, options: IngestOptions,
                 write_files([prepared for prepared, _ in new])  # a row never names a missing file
                 with transaction.atomic():
                     images = Image.objects.bulk_create([_image_row(prepared, options) for prepared, _ in new])
+                    _forget_deleted([prepared.sha256 for prepared, _ in new])
                     # Only into spaces that still exist (a space being built may be dropped meanwhile).
                     present = spaces.lock_present(target.pk for _, vectors in new for target, _ in vectors)
                     copy_embeddings((image.pk, target.pk, vector)
@@ -601,6 +629,12 @@ def _store_batch(pairs: list[tuple[_Prepared, list]], *, options: IngestOptions,
             if not committed:
                 _remove_unreferenced([name for prepared, _ in new for name in _file_names(prepared)])
     return [outcomes[prepared.index] for prepared, _ in pairs]
+
+
+def _forget_deleted(hashes: list[str]) -> None:
+    """Stored again, deliberately: its tombstone goes in the transaction that stores it, so a failed
+    store leaves the deletion remembered and a committed one leaves no stale tombstone behind."""
+    DeletedContent.objects.filter(sha256__in=hashes).delete()
 
 
 def _announce(on_added: Callable[[ItemOutcome], None] | None, outcome: ItemOutcome) -> None:
@@ -659,7 +693,12 @@ def _frame_row(prepared: _Prepared, frame, video: Video, options: IngestOptions)
     if not row.group_key:  # a video's frames are one group: "one per group" searches show one frame of it
         row.group_key = f"video-{prepared.sha256[:16]}"
     if row.taken_at is not None and row.taken_at == prepared.video.taken_at:  # the recording's start
-        row.taken_at += timedelta(seconds=frame.time)
+        try:
+            row.taken_at += timedelta(seconds=frame.time)
+        except OverflowError:  # past year 9999: no date, as for a photo's unreadable one
+            row.taken_at = None
+        if row.taken_at is not None and row.taken_at > TAKEN_AT_MAX:
+            row.taken_at = None
     return row
 
 
@@ -687,6 +726,8 @@ def _store_video(prepared: _Prepared, frame_vectors: list, *, options: IngestOpt
         existing = Video.objects.first_frames_by_hash([prepared.sha256]).get(prepared.sha256)
         if existing is not None:
             return _duplicate(prepared, existing)
+        if options.skip_deleted and DeletedContent.objects.among([prepared.sha256]):  # deleted since it was read
+            return _deleted(prepared)
         committed = False
         try:
             _write_all(files, writers)
@@ -695,6 +736,7 @@ def _store_video(prepared: _Prepared, frame_vectors: list, *, options: IngestOpt
                 video = Video.objects.create(file=files[0][0], sha256=prepared.sha256,
                                              original_name=prepared.item.name[:255], duration=info.duration,
                                              width=info.width, height=info.height)
+                _forget_deleted([prepared.sha256])
                 images = Image.objects.bulk_create([_frame_row(prepared, frame, video, options)
                                                     for frame in prepared.frames])
                 present = spaces.lock_present(target.pk for vectors in frame_vectors for target, _ in vectors)

@@ -3,9 +3,10 @@
 Runs in the decode processes (catalog.ingest.decoding), so their timeout applies, and a crash or an
 out-of-memory kill there fails only its item; FFmpeg refuses frames past the pixel cap before it
 allocates them.
-Every sampled frame is shrunk to a tiny colour square and compared with the previous sample; a
-large difference is a cut. The first frame is always kept, then a frame after each cut (at least
-``min_gap`` seconds after the last one kept) and one every ``max_gap`` seconds in long shots.
+Every sampled frame is shrunk to a small colour square and compared with the previous sample, as
+it is and aligned on the shift that best explains a pan; a large difference both ways is a cut.
+The first frame is always kept, then a frame after each cut (at least ``min_gap`` seconds after
+the last one kept) and one every ``max_gap`` seconds in long shots.
 Hostile files are refused on what the container's header says (streams, size, duration) before
 any frame is decoded, and again on what decoding finds (a header may lie).
 
@@ -17,19 +18,24 @@ from __future__ import annotations
 import io
 import math
 from collections.abc import Callable
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 from datetime import UTC, datetime
 from typing import TypeVar
 
 import numpy as np
 
-# A cut: the mean absolute difference (0..1) of successive samples' 16x16 colour thumbnails (area
+from catalog.imaging import TAKEN_AT_MAX
+
+# A cut: the mean absolute difference (0..1) of successive samples' 32x32 colour thumbnails (area
 # averaged) is above SCENE_CHANGE and SCENE_RATIO times its recent level (an average halved at each
-# sample). Within a calm shot it stays below ~0.05, between unrelated shots it is 0.15 or more; a
-# fast pan keeps it high, and the recent level keeps a pan from being a cut at every sample.
+# sample), also where they overlap once shifted by the best pan between them. Within a calm shot
+# or a followed pan it stays below ~0.05, between unrelated shots it is 0.15 or more. A pan of more
+# than half the picture between two samples leaves too little in common to follow and reads like
+# cuts; the recent level then keeps it from being a cut at every sample.
 SCENE_CHANGE = 0.1
 SCENE_RATIO = 1.7
-_PROBE = 16  # side of the grey thumbnails compared
+_PROBE = 32  # side of the colour thumbnails compared (even: the pan search starts at half of it)
+_MAX_SHIFT = _PROBE // 2  # probe pixels a pan may move between two samples
 # A stored frame's long side: enough for the detail page, small enough to keep a video's frames cheap.
 FRAME_MAX_SIDE = 1280
 VIDEO_FORMAT = "VIDEO"
@@ -106,7 +112,10 @@ def key_frames(source: bytes | str, spec: VideoSpec, *, keep: Callable[[float, o
         raise VideoRejected("not a readable video: its header needs too much memory") from None
     with container:
         info, stream = _checked(container, spec)
-        return info, _choose(container, stream, spec, keep)
+        chosen, quarter_turned = _choose(container, stream, spec, keep)
+    if quarter_turned:  # a phone's portrait video: the size it is shown at, as its frames are stored
+        info = replace(info, width=info.height, height=info.width)
+    return info, chosen
 
 
 def _checked(container, spec: VideoSpec):
@@ -150,7 +159,11 @@ def _creation_time(raw) -> datetime | None:
         return None
     if value is None or value.year <= 1970:
         return None
-    return value if value.tzinfo else value.replace(tzinfo=UTC)
+    value = value if value.tzinfo else value.replace(tzinfo=UTC)
+    try:  # the stored column's bounds, in UTC (9999-12-31T23:00-12:00 is past them)
+        return value if value.astimezone(UTC) <= TAKEN_AT_MAX else None
+    except OverflowError:
+        return None
 
 
 def _too_long(duration: float, spec: VideoSpec) -> str:
@@ -158,7 +171,8 @@ def _too_long(duration: float, spec: VideoSpec) -> str:
             "(IMAGESEARCH_VIDEO_MAX_DURATION)")
 
 
-def _choose(container, stream, spec: VideoSpec, keep: Callable[[float, object], T]) -> list[T]:
+def _choose(container, stream, spec: VideoSpec, keep: Callable[[float, object], T]) -> tuple[list[T], bool]:
+    """The chosen frames, and whether they were turned a quarter (width and height swapped)."""
     import av
 
     stream.thread_type = "AUTO"  # frame and slice threads: decoding is most of the cost
@@ -170,8 +184,8 @@ def _choose(container, stream, spec: VideoSpec, keep: Callable[[float, object], 
     stream.codec_context.options = {"max_pixels": str(spec.max_pixels)}
     chosen: list[T] = []
     start = previous = None
-    next_sample = last_kept = level = 0.0
-    cut_pending = False
+    next_sample = last_kept = level = t = 0.0
+    cut_pending = quarter_turned = False
     try:
         for index, frame in enumerate(container.decode(stream)):
             if frame.width * frame.height > spec.max_pixels:  # a size change mid-stream
@@ -186,11 +200,15 @@ def _choose(container, stream, spec: VideoSpec, keep: Callable[[float, object], 
                 continue
             # On a fixed grid (not from this frame's time), however unevenly the decoded frames fall.
             next_sample = (math.floor(t / spec.sample_interval + 1e-6) + 1) * spec.sample_interval
-            probe = frame.reformat(width=_PROBE, height=_PROBE, format="rgb24", interpolation="AREA").to_ndarray()
-            probe = probe.astype(np.int16)
+            # Twice the size, then averaged in numpy: swscale's AREA straight to 32x32 is not a true
+            # box average (a pan of exactly one probe pixel still differed by 0.13), this is (0.002).
+            probe = _halved(frame.reformat(width=2 * _PROBE, height=2 * _PROBE, format="rgb24",
+                                           interpolation="AREA").to_ndarray())
             changed = False
             if previous is not None:
-                difference = float(np.abs(probe - previous).mean()) / 255
+                difference = _shifted_difference(previous, probe, 0, 0)
+                if difference > SCENE_CHANGE:  # a cut, or a pan: only then is the pan searched for
+                    difference = min(difference, _pan_difference(previous, probe))
                 changed = difference > max(SCENE_CHANGE, SCENE_RATIO * level)
                 level = (level + difference) / 2
             previous = probe
@@ -198,15 +216,59 @@ def _choose(container, stream, spec: VideoSpec, keep: Callable[[float, object], 
             since = t - last_kept
             if not chosen or (cut_pending and since >= spec.min_gap) or since >= spec.max_gap:
                 chosen.append(keep(round(t, 3), _upright(frame)))
+                quarter_turned = quarter_turned or _rotation(frame) in (90, 270)
                 last_kept, cut_pending = t, False
                 if len(chosen) >= spec.max_frames:
                     break
+    except av.ArgumentError:
+        # EINVAL from the decoder is a frame it refuses to allocate: past max_pixels (a size change
+        # mid-stream) or a size it cannot use. Not damage at the end: the whole video is refused.
+        where = f"the frame size changes after {t:.1f} s to" if chosen else "frames of"
+        raise VideoRejected(f"frames too large: {where} more than {spec.max_pixels} pixels "
+                            "(IMAGESEARCH_VIDEO_MAX_PIXELS), or a size that cannot be decoded") from None
     except av.FFmpegError as error:
         if not chosen:  # a video cut short keeps the frames decoded before the damage
             raise VideoRejected(f"not a readable video: {_reason(error)}") from None
     if not chosen:
         raise VideoRejected("no decodable frame")
-    return chosen
+    return chosen, quarter_turned
+
+
+def _pan_difference(previous: np.ndarray, probe: np.ndarray) -> float:
+    """The difference of two probes at the shift (up to _MAX_SHIFT each way) that best aligns them,
+    as a pan would: every shift tried at half resolution at once, then the best one refined. Not
+    phase correlation (numpy FFTs): on pictures of a few large uniform areas it picked a wrong
+    shift for about 1 sample pair in 10, this exhaustive search for none of the same 480 pairs
+    (its cost, a few ms, is paid only when the unshifted difference is already high)."""
+    from numpy.lib.stride_tricks import sliding_window_view
+
+    half_a, half_b = _halved(previous), _halved(probe)
+    side, reach = half_a.shape[0], _MAX_SHIFT // 2
+    padded = np.zeros((side + 2 * reach, side + 2 * reach, 3), dtype=np.float32)
+    padded[reach:reach + side, reach:reach + side] = half_a
+    inside = np.zeros(padded.shape[:2], dtype=np.float32)
+    inside[reach:reach + side, reach:reach + side] = 1
+    # windows[reach + dy, reach + dx] is ``half_a`` shifted by (dy, dx); masks say where it is defined.
+    windows = sliding_window_view(padded, (side, side), axis=(0, 1))
+    masks = sliding_window_view(inside, (side, side))
+    sums = np.einsum("yxcij,yxij->yx", np.abs(windows - half_b.transpose(2, 0, 1)), masks)
+    row, column = np.unravel_index(np.argmin(sums / masks.sum(axis=(2, 3))), sums.shape)
+    dy, dx = 2 * (int(row) - reach), 2 * (int(column) - reach)
+    return min(_shifted_difference(previous, probe, y, x) for y in range(dy - 1, dy + 2) for x in range(dx - 1, dx + 2)
+               if abs(y) <= _MAX_SHIFT and abs(x) <= _MAX_SHIFT)
+
+
+def _halved(probe: np.ndarray) -> np.ndarray:
+    side = probe.shape[0] // 2
+    return probe.reshape(side, 2, side, 2, 3).mean(axis=(1, 3), dtype=np.float32)
+
+
+def _shifted_difference(a: np.ndarray, b: np.ndarray, dy: int, dx: int) -> float:
+    """Mean absolute difference (0..1) of ``a`` and ``b`` where ``a`` shifted by (dy, dx) overlaps ``b``."""
+    height, width = a.shape[:2]
+    moved = a[max(0, dy):height + min(0, dy), max(0, dx):width + min(0, dx)]
+    fixed = b[max(0, -dy):height + min(0, -dy), max(0, -dx):width + min(0, -dx)]
+    return float(np.abs(moved - fixed).mean()) / 255
 
 
 def _upright(frame):
@@ -217,10 +279,16 @@ def _upright(frame):
     scale = min(1.0, FRAME_MAX_SIDE / max(frame.width, frame.height))
     width, height = max(2, round(frame.width * scale)), max(2, round(frame.height * scale))
     image = frame.reformat(width=width, height=height, format="rgb24").to_image()
-    turn = {90: Image.Transpose.ROTATE_90, -270: Image.Transpose.ROTATE_90, 180: Image.Transpose.ROTATE_180,
-            -180: Image.Transpose.ROTATE_180, -90: Image.Transpose.ROTATE_270, 270: Image.Transpose.ROTATE_270}
-    rotation = getattr(frame, "rotation", 0) or 0
+    # PyAV's rotation is counter-clockwise, as PIL's ROTATE_* are.
+    turn = {90: Image.Transpose.ROTATE_90, 180: Image.Transpose.ROTATE_180, 270: Image.Transpose.ROTATE_270}
+    rotation = _rotation(frame)
     return image.transpose(turn[rotation]) if rotation in turn else image
+
+
+def _rotation(frame) -> int:
+    """The display matrix's counter-clockwise turn, in 0, 90, 180 or 270 (other angles: 0)."""
+    rotation = round(getattr(frame, "rotation", 0) or 0) % 360
+    return rotation if rotation in (90, 180, 270) else 0
 
 
 def _reason(error: BaseException) -> str:

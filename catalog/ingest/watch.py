@@ -10,6 +10,10 @@ Restart-safe without a state file: the pipeline skips bytes already stored (SHA-
 whose path an image row already names, and that has not changed since that row was stored, is
 not even read again. What failed is remembered (path, size, times) so a bad file is reported once
 per run, and tried again when it changes.
+
+A picture or video deleted in the app is not brought back while its file stays in the folder: the
+delete leaves a tombstone (catalog.models.DeletedContent) that the pipeline looks up per batch of
+hashes; such a file is one line per run (``include_deleted`` imports it again).
 """
 
 from __future__ import annotations
@@ -20,7 +24,7 @@ import os
 import threading
 import time
 from collections.abc import Callable, Iterator
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 from datetime import UTC, datetime
 from pathlib import Path
 from typing import BinaryIO
@@ -52,9 +56,11 @@ class FolderWatcher:
     """Polls ``root``; ``scan()`` once per interval (``run`` loops until ``stop`` is set)."""
 
     def __init__(self, root: Path, *, options: IngestOptions, settle: float, all_files: bool = False,
-                 on_line: Callable[[str], None] = print, clock: Callable[[], float] = time.monotonic):
+                 include_deleted: bool = False, on_line: Callable[[str], None] = print,
+                 clock: Callable[[], float] = time.monotonic):
         self.root = root.resolve()
-        self.options, self.settle, self.all_files = options, settle, all_files
+        self.options = replace(options, skip_deleted=not include_deleted)
+        self.settle, self.all_files = settle, all_files
         self.on_line, self.clock = on_line, clock
         self._waiting: dict[Path, tuple[Signature, float]] = {}  # path -> (signature, since when unchanged)
         self._done: dict[Path, Signature] = {}  # imported, already stored or failed, as it was then
@@ -116,6 +122,9 @@ class FolderWatcher:
                 self.on_line(f"added {outcome.source_ref}{frames}")
             elif outcome.status == ItemOutcome.DUPLICATE:
                 self.on_line(f"skipped {outcome.source_ref}: already stored")
+            elif outcome.status == ItemOutcome.DELETED:
+                self.on_line(f"skipped {outcome.source_ref}: deleted in the app (watch --include-deleted "
+                             "imports it again)")
             else:
                 self.on_line(f"FAILED {outcome.source_ref}: {outcome.reason}")
 

@@ -93,7 +93,6 @@ def create_job(*, files: Iterable[UploadedFile] = (), urls: Iterable[str] = (), 
         raise ImportRequestError(_("Nothing to import: upload a file or give a URL."))
     rows = _manifest_rows(manifest) if manifest is not None else iter(())
     job_id = uuid.uuid4()
-    stored: list[str] = []
     try:
         with transaction.atomic():
             job = ImportJob.objects.create(id=job_id, created_via=via, created_by=created_by,
@@ -104,7 +103,6 @@ def create_job(*, files: Iterable[UploadedFile] = (), urls: Iterable[str] = (), 
                 name = _display_name(file.name or "upload")
                 kind = ImportItem.Kind.ARCHIVE if is_archive(name, _head(file)) else ImportItem.Kind.UPLOAD
                 payload = default_storage.save(f"{job.payload_folder}/{index:05d}-{_storage_name(name)}", file)
-                stored.append(payload)
                 items.append(ImportItem(job=job, kind=kind, name=name, payload=payload))
             items += [ImportItem(job=job, kind=ImportItem.Kind.URL, name=url_name(url), url=url) for url in urls]
             ImportItem.objects.bulk_create(items)
@@ -114,8 +112,9 @@ def create_job(*, files: Iterable[UploadedFile] = (), urls: Iterable[str] = (), 
                 job.refresh_from_db(fields=["total", "failed"])
             transaction.on_commit(partial(tasks.enqueue_import, job.pk))
     except BaseException:
-        for name in stored:  # the rows are gone with the rollback; so must be their bytes
-            default_storage.delete(name)
+        # The rows are gone with the rollback; so must be their bytes: the whole folder, since a save
+        # that failed part-way (disk full) leaves its partial file behind.
+        delete_payloads(ImportJob(id=job_id).payload_folder)
         raise
     return job
 

@@ -96,14 +96,15 @@ def _fetch(url: str) -> bytes:
         raise ItemRejected(str(rejected)) from None
 
 
-def import_paths(command: BaseCommand, paths, *, root, source, city="", group_key="", show_progress=True):
+def import_paths(command: BaseCommand, paths, *, root, source, city="", group_key="", show_progress=True,
+                 skip_deleted=False):
     """Shared by import_images and load_sample_images: run the pipeline, draw progress, print a summary."""
     return import_items(command, path_items(paths, root=root), total=len(paths), source=source, city=city,
-                        group_key=group_key, show_progress=show_progress)
+                        group_key=group_key, show_progress=show_progress, skip_deleted=skip_deleted)
 
 
 def import_items(command: BaseCommand, items, *, total, source, city="", group_key="", show_progress=True,
-                 bad_rows=lambda: 0, list_duplicates=False):
+                 bad_rows=lambda: 0, list_duplicates=False, skip_deleted=False):
     try:
         _, embedder = active_space_and_model()  # before the progress bar: a model that cannot load is one clear line
     except EmbedderUnavailable as error:
@@ -117,13 +118,16 @@ def import_items(command: BaseCommand, items, *, total, source, city="", group_k
                 bar.write(f"skipped {outcome.source_ref}: {outcome.reason}")
 
         report = ingest_items(items,
-                              options=IngestOptions(source=source, city=city, group_key=group_key),
+                              options=IngestOptions(source=source, city=city, group_key=group_key,
+                                                    skip_deleted=skip_deleted),
                               on_outcome=on_outcome, embedder=embedder)
     if report.added >= BULK_LOAD_ROWS:
         refresh_planner_statistics()
     rows = bad_rows()
     if videos := [outcome for outcome in report.outcomes if outcome.frames]:
         command.stdout.write(f"Videos added: {len(videos)}, as {sum(o.frames for o in videos)} key frame(s).")
-    command.stdout.write(f"Added {report.added}, skipped {report.duplicates} duplicate(s), "
-                         f"failed {len(report.failed)}" + (f", {rows} bad manifest row(s)." if rows else "."))
+    deleted = sum(1 for outcome in report.outcomes if outcome.status == ItemOutcome.DELETED)
+    command.stdout.write(f"Added {report.added}, skipped {report.duplicates} duplicate(s)"
+                         + (f" and {deleted} deleted in the app" if deleted else "")
+                         + f", failed {len(report.failed)}" + (f", {rows} bad manifest row(s)." if rows else "."))
     return report

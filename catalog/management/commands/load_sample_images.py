@@ -31,7 +31,8 @@ class Command(BaseCommand):
         paths = sample_photo_paths()
         if not paths:
             raise CommandError("scikit-image's sample photographs were not found; is scikit-image installed?")
+        # Run at every start (bin/serve): a sample photo deleted in the app stays deleted.
         report = import_paths(self, paths, root=paths[0].parent, source=Image.Source.SAMPLE,
-                              show_progress=not no_progress)
+                              show_progress=not no_progress, skip_deleted=True)
         if report.failed:
             raise CommandError(f"{len(report.failed)} sample file(s) failed.", returncode=1)

@@ -5,6 +5,7 @@ from django.core.management.base import BaseCommand, CommandError
 from catalog import spaces
 from catalog.embedder import EmbedderUnavailable
 from catalog.jobs import builds, tasks
+from catalog.models import EmbeddingSpace
 
 MISSING_SHOWN = 20
 
@@ -23,7 +24,8 @@ class Command(BaseCommand):
     help = ("Embedding spaces, one per model: `models` (or `models list`) shows each one's model, dimensions, "
             "vectors, coverage, index size and state; `models build ARCH PRETRAINED [--weights FILE]` embeds the "
             "collection with another model in the background; `models activate NAME [--force]` switches searches "
-            "to it; `models drop NAME` removes a space that does not serve.")
+            "to it; `models reindex NAME` rebuilds its search graph with the current parameters; `models drop NAME` "
+            "removes a space that does not serve.")
 
     def add_arguments(self, parser):
         sub = parser.add_subparsers(dest="action")
@@ -39,6 +41,10 @@ class Command(BaseCommand):
         activate.add_argument("name")
         activate.add_argument("--force", action="store_true", help="Switch although images are missing "
                                                                    "(they are listed and cannot be found).")
+        reindex = sub.add_parser("reindex", help="Rebuild a space's search graph with the current parameters "
+                                                 "(see `models`: GRAPH) while searches and imports go on; "
+                                                 "running it again after an interruption goes on.")
+        reindex.add_argument("name")
         drop = sub.add_parser("drop", help="Remove a space that does not serve searches: its vectors and index.")
         drop.add_argument("name")
 
@@ -50,12 +56,16 @@ class Command(BaseCommand):
         if not statuses:
             self.stdout.write("No embedding spaces yet: the first import creates the configured model's.")
             return
-        rows = [("NAME", "MODEL", "DIMS", "VECTORS", "COVERAGE", "INDEX", "STATE")]
+        rows = [("NAME", "MODEL", "DIMS", "VECTORS", "COVERAGE", "INDEX", "GRAPH", "STATE")]
+        current = (EmbeddingSpace.HNSW_M, EmbeddingSpace.HNSW_EF_CONSTRUCTION)
         for status in statuses:
             space = status.space
             state = space.state + (f" (error: {space.error.splitlines()[0][:80]})" if space.error else "")
+            graph = space.graph_parameters()
+            graph_cell = "-" if graph is None else (f"m={graph[0]} ef_construction={graph[1]}"
+                                                    + ("" if graph == current else " (older: models reindex)"))
             rows.append((space.name, spaces.model_label(space), str(space.dimensions), str(status.vectors),
-                         f"{status.coverage:.1f}%", human_bytes(status.index_bytes), state))
+                         f"{status.coverage:.1f}%", human_bytes(status.index_bytes), graph_cell, state))
         widths = [max(len(row[i]) for row in rows) for i in range(len(rows[0]) - 1)]
         for row in rows:
             self.stdout.write("  ".join(cell.ljust(width) for cell, width in zip(row, widths)) + "  " + row[-1])
@@ -90,6 +100,15 @@ class Command(BaseCommand):
         builds.after_switch(activation.space.pk, enqueue=tasks.enqueue_build)
         previous = f" (was {activation.previous.name}, now retired)" if activation.previous else ""
         self.stdout.write(f"Searches now use {name}{previous}.")
+
+    def _reindex(self, name, **_):
+        try:
+            rebuilt = spaces.reindex(name=name)
+        except spaces.SpaceError as error:
+            raise CommandError(str(error)) from None
+        m, ef_construction = EmbeddingSpace.HNSW_M, EmbeddingSpace.HNSW_EF_CONSTRUCTION
+        self.stdout.write(f"{name}: graph rebuilt (m={m}, ef_construction={ef_construction})." if rebuilt else
+                          f"{name}: the graph already has m={m}, ef_construction={ef_construction}.")
 
     def _drop(self, name, **_):
         try:

@@ -23,9 +23,12 @@ class Command(BaseCommand):
         parser.add_argument("--group-key", default="", help="Group key (e.g. product id) for every image.")
         parser.add_argument("--all-files", action="store_true",
                             help="Try every file, not only those with an image or video file extension.")
+        parser.add_argument("--include-deleted", action="store_true",
+                            help="Import again the files whose pictures or videos were deleted in the app "
+                                 "(by default they are skipped while their files stay in the folder).")
 
     def handle(self, *args, folder: Path, settle: float, interval: float, city: str, group_key: str,
-               all_files: bool, **options):
+               all_files: bool, include_deleted: bool, **options):
         from catalog.embedder import EmbedderUnavailable
         from catalog.ingest.pipeline import IngestOptions
         from catalog.ingest.watch import FolderWatcher
@@ -55,7 +58,7 @@ class Command(BaseCommand):
 
         watcher = FolderWatcher(folder, options=IngestOptions(source=Image.Source.FOLDER, city=city,
                                                               group_key=group_key),
-                                settle=settle, all_files=all_files, on_line=line)
+                                settle=settle, all_files=all_files, include_deleted=include_deleted, on_line=line)
         line(f"Watching {safe_text(str(watcher.root))} (settle {settle:g} s, every {interval:g} s).")
         watcher.run(interval=interval, stop=stop)
         line("Stopped.")
