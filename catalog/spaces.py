@@ -312,4 +312,3 @@ def reindex(*, name: str) -> bool:
     if space is None:
         raise SpaceError(f"No embedding space is called {name!r} (see manage.py models).")
     return space.rebuild_index_concurrently()
-
