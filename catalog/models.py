@@ -111,26 +111,15 @@ class EmbeddingSpace(models.Model):
 
     def build_index_concurrently(self) -> None:
         """Build its HNSW index without stopping imports (outside a transaction); a no-op if it exists."""
-        with connection.schema_editor(atomic=False) as editor:
-            sql = str(self.hnsw_index().create_sql(Embedding, editor, concurrently=True))
-            editor.execute(sql.replace("CREATE INDEX CONCURRENTLY", "CREATE INDEX CONCURRENTLY IF NOT EXISTS", 1))
+        _create_index_if_missing(self.hnsw_index(), concurrently=True)
 
     def repair_index_concurrently(self) -> None:
         """Build its HNSW index if it is missing, or left invalid by a CONCURRENTLY build that was
         killed (such an index is updated by every insert but never used); one being built is left be."""
-        with connection.cursor() as cursor:
-            cursor.execute(
-                "SELECT NOT i.indisvalid AND NOT EXISTS (SELECT 1 FROM pg_stat_progress_create_index p"
-                " WHERE p.index_relid = i.indexrelid) FROM pg_index i WHERE i.indexrelid = to_regclass(%s)",
-                [self.index_name])
-            row = cursor.fetchone()
         concurrently = not connection.in_atomic_block  # not allowed in a transaction
-        with connection.schema_editor(atomic=False) as editor:
-            if row and row[0]:
-                editor.execute(f"DROP INDEX {'CONCURRENTLY ' * concurrently}IF EXISTS {editor.quote_name(self.index_name)}")
-            sql = str(self.hnsw_index().create_sql(Embedding, editor, concurrently=concurrently))
-            head = "CREATE INDEX CONCURRENTLY" if concurrently else "CREATE INDEX"
-            editor.execute(sql.replace(head, head + " IF NOT EXISTS", 1))
+        if _left_invalid(self.index_name):
+            _drop_index(self.index_name, concurrently=concurrently)
+        _create_index_if_missing(self.hnsw_index(), concurrently=concurrently)
 
     def graph_parameters(self, *, using: str = "default") -> tuple[int, int] | None:
         """(m, ef_construction) its HNSW index was built with (pgvector's defaults where the index does
@@ -148,32 +137,21 @@ class EmbeddingSpace(models.Model):
         stopping imports or searches: the new graph is built CONCURRENTLY beside the old one under a
         temporary name, then takes its place (inside a transaction, as in tests, plainly). Interrupted,
         running it again goes on; True when it rebuilt."""
-        concurrently = "" if connection.in_atomic_block else "CONCURRENTLY "  # not allowed in a transaction
+        concurrently = not connection.in_atomic_block  # not allowed in a transaction
         next_name = f"{self.index_name}_next"
-
-        def drop(name: str) -> None:
-            with connection.cursor() as cursor:
-                cursor.execute(f'DROP INDEX {concurrently}IF EXISTS "{name}"')
-
         if self.graph_parameters() == (self.HNSW_M, self.HNSW_EF_CONSTRUCTION):
-            drop(next_name)  # one cut short after the swap (or a stray build)
+            _drop_index(next_name, concurrently=concurrently)  # one cut short after the swap (or a stray build)
             return False
-        with connection.cursor() as cursor:
-            cursor.execute("SELECT indisvalid FROM pg_index WHERE indexrelid = to_regclass(%s)", [next_name])
-            row = cursor.fetchone()
-        if row and not row[0]:  # a build of it that was killed
-            drop(next_name)
+        if _left_invalid(next_name):  # a build of it that was killed
+            _drop_index(next_name, concurrently=concurrently)
         if not concurrently:  # deferred foreign-key checks of this transaction would block CREATE INDEX
             with connection.cursor() as cursor:
                 cursor.execute("SET CONSTRAINTS ALL IMMEDIATE")
         index = self.hnsw_index()
         index.name = next_name
-        with connection.schema_editor(atomic=False) as editor:
-            sql = str(index.create_sql(Embedding, editor, concurrently=bool(concurrently)))
-            head = "CREATE INDEX CONCURRENTLY" if concurrently else "CREATE INDEX"
-            editor.execute(sql.replace(head, head + " IF NOT EXISTS", 1))
+        _create_index_if_missing(index, concurrently=concurrently)
         # Both graphs serve meanwhile (the planner takes either); the old one goes, the new one is renamed.
-        drop(self.index_name)
+        _drop_index(self.index_name, concurrently=concurrently)
         with connection.cursor() as cursor:
             cursor.execute(f'ALTER INDEX "{next_name}" RENAME TO "{self.index_name}"')
         return True
@@ -207,6 +185,29 @@ class EmbeddingSpace(models.Model):
             m=self.HNSW_M,
             ef_construction=self.HNSW_EF_CONSTRUCTION,
         )
+
+
+def _create_index_if_missing(index, *, concurrently: bool) -> None:
+    """CREATE INDEX [CONCURRENTLY] IF NOT EXISTS for an index of Embedding."""
+    with connection.schema_editor(atomic=False) as editor:
+        sql = str(index.create_sql(Embedding, editor, concurrently=concurrently))
+        head = "CREATE INDEX CONCURRENTLY" if concurrently else "CREATE INDEX"
+        editor.execute(sql.replace(head, head + " IF NOT EXISTS", 1))
+
+
+def _left_invalid(name: str) -> bool:
+    """Whether the index ``name`` is invalid and not being built: what a killed CONCURRENTLY build leaves."""
+    with connection.cursor() as cursor:
+        cursor.execute(
+            "SELECT NOT i.indisvalid AND NOT EXISTS (SELECT 1 FROM pg_stat_progress_create_index p"
+            " WHERE p.index_relid = i.indexrelid) FROM pg_index i WHERE i.indexrelid = to_regclass(%s)", [name])
+        row = cursor.fetchone()
+    return bool(row and row[0])
+
+
+def _drop_index(name: str, *, concurrently: bool) -> None:
+    with connection.cursor() as cursor:
+        cursor.execute(f'DROP INDEX {"CONCURRENTLY " * concurrently}IF EXISTS "{name}"')
 
 
 class VideoQuerySet(models.QuerySet):

@@ -68,7 +68,7 @@ EF_SEARCH_MAX = 1_000
 MAX_SCAN_TUPLES = 20_000  # pgvector's default, set explicitly so the ranking does not depend on the server
 MAX_DEPTH = 300           # rows of one ranking a page may reach (offset + limit); at 500 a graph walk kept 0.93-0.95
 PARALLEL_MIN_ROWS = 15_000  # an exact scan this large is worth two workers' start-up
-SPACE_SIZE_TTL = 60.0     # seconds a process trusts its estimate of a space's size
+SPACE_SIZE_TTL = 60.0     # seconds a process trusts its estimate of a space's size (and how its graph was built)
 
 _space_sizes: dict[tuple[str, int], tuple[float, int]] = {}
 _graph_builds: dict[tuple[str, int], tuple[float, int]] = {}  # (using, space): (when, ef_construction)
@@ -252,26 +252,34 @@ def _columns(image_filter: Q) -> set[str]:
 def unfiltered_ef_search(space: EmbeddingSpace, using: str = "default") -> int:
     """The unfiltered walk's width for the graph this space's index was built as (``manage.py models
     reindex`` rebuilds an older one with the current parameters)."""
-    key, now = (using, space.pk), time.monotonic()
-    cached = _graph_builds.get(key)
-    if cached is None or now - cached[0] > SPACE_SIZE_TTL:
+    def built_with() -> int:
         parameters = space.graph_parameters(using=using)
-        cached = _graph_builds[key] = (now, parameters[1] if parameters else 0)
-    return EF_SEARCH_UNFILTERED_DENSE if cached[1] >= DENSE_EF_CONSTRUCTION else EF_SEARCH_UNFILTERED
+        return parameters[1] if parameters else 0
+
+    ef_construction = _cached(_graph_builds, (using, space.pk), built_with)
+    return EF_SEARCH_UNFILTERED_DENSE if ef_construction >= DENSE_EF_CONSTRUCTION else EF_SEARCH_UNFILTERED
 
 
 def _space_size(space: EmbeddingSpace, using: str) -> int:
     """The space's rows, refreshed every SPACE_SIZE_TTL seconds: the planner's estimate, or where it
     says the space is small, a count (capped past the smallest exact limit): a freshly filled space
     has a stale estimate (17 rows for 100,000 until ANALYZE), which would rank it all exactly."""
-    key, now = (using, space.pk), time.monotonic()
-    cached = _space_sizes.get(key)
-    if cached is None or now - cached[0] > SPACE_SIZE_TTL:
+    def measured() -> int:
         in_space = Embedding.objects.using(using).filter(space=space)
         size = _estimated_rows(in_space)
         if size <= exact_limit(size):
             size = max(size, in_space.values("pk")[:exact_limit(0) + 1].count())
-        cached = _space_sizes[key] = (now, size)
+        return size
+
+    return _cached(_space_sizes, (using, space.pk), measured)
+
+
+def _cached(store: dict, key, compute) -> int:
+    """``compute()``, kept in ``store`` for SPACE_SIZE_TTL seconds per key."""
+    now = time.monotonic()
+    cached = store.get(key)
+    if cached is None or now - cached[0] > SPACE_SIZE_TTL:
+        cached = store[key] = (now, compute())
     return cached[1]
 
 

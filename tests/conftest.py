@@ -44,6 +44,30 @@ def rolled_back_at_end(django_db_blocker):
         transaction.set_rollback(True)
 
 
+def shared_pictures(make):
+    """Fixtures for a module whose tests share pictures stored once (``rolled_back_at_end``):
+    ``media_root, stored_ids, stored = shared_pictures(lambda: ingest_in_cities(...))`` at module level.
+    ``stored`` reads the images afresh for each test: a test may change its copies."""
+
+    @pytest.fixture(autouse=True)
+    def media_root(module_media):  # shadows the per-test folder: the stored files serve every test
+        return module_media
+
+    @pytest.fixture(scope="module")
+    def stored_ids(django_db_setup, django_db_blocker, module_media):
+        with rolled_back_at_end(django_db_blocker):
+            yield [image.pk for image in make()]
+
+    @pytest.fixture
+    def stored(stored_ids):
+        from catalog.models import Image
+
+        images = Image.objects.in_bulk(stored_ids)
+        return [images[pk] for pk in stored_ids]
+
+    return media_root, stored_ids, stored
+
+
 def make_image_bytes(color=(200, 30, 30), size=(64, 48), fmt="JPEG", pattern: int = 0) -> bytes:
     """A small image made in memory; ``pattern`` varies the content so hashes differ."""
     image = PILImage.new("RGB", size, color)

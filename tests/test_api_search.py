@@ -5,8 +5,7 @@ import base64
 import pytest
 from rest_framework.test import APIClient
 
-from catalog.models import Image
-from tests.conftest import ingest_in_cities, make_image_bytes, rolled_back_at_end, varied_picture
+from tests.conftest import ingest_in_cities, make_image_bytes, shared_pictures, varied_picture
 
 pytestmark = pytest.mark.django_db
 
@@ -17,25 +16,8 @@ def api(writer):
     client.force_authenticate(writer)  # reading needs a login unless IMAGESEARCH_PUBLIC_READ
     return client
 
-
-@pytest.fixture(autouse=True)
-def media_root(module_media):
-    """Shadows tests/conftest.py's per-test folder: the stored pictures' files serve every test here."""
-    return module_media
-
-
-@pytest.fixture(scope="module")
-def stored_ids(django_db_setup, django_db_blocker, module_media):
-    """Ingested once for the module, rolled back after it; each test's writes go with its savepoint."""
-    with rolled_back_at_end(django_db_blocker):
-        yield [image.pk for image in ingest_in_cities("api", ["Paris"] * 4 + ["Lima"] * 8,
-                                                      size=lambda i: (64, 48) if i % 2 else (40, 80))]
-
-
-@pytest.fixture
-def stored(stored_ids):
-    images = Image.objects.in_bulk(stored_ids)  # read afresh: a test may change its copies
-    return [images[pk] for pk in stored_ids]
+media_root, stored_ids, stored = shared_pictures(lambda: ingest_in_cities(
+    "api", ["Paris"] * 4 + ["Lima"] * 8, size=lambda i: (64, 48) if i % 2 else (40, 80)))
 
 
 def assert_error(response, status, field=None):

@@ -7,28 +7,11 @@ import pytest
 from django.core.files.uploadedfile import SimpleUploadedFile
 
 from catalog.models import Image
-from tests.conftest import ingest_in_cities, make_user, rolled_back_at_end, varied_picture
+from tests.conftest import ingest_in_cities, make_user, shared_pictures, varied_picture
 
 pytestmark = pytest.mark.django_db
 
-
-@pytest.fixture(autouse=True)
-def media_root(module_media):
-    """Shadows tests/conftest.py's per-test folder: the stored pictures' files serve every test here."""
-    return module_media
-
-
-@pytest.fixture(scope="module")
-def stored_ids(django_db_setup, django_db_blocker, module_media):
-    """Ingested once for the module, rolled back after it; each test's writes go with its savepoint."""
-    with rolled_back_at_end(django_db_blocker):
-        yield [image.pk for image in ingest_in_cities("page", ["Paris", "Hangzhou"] * 4)]
-
-
-@pytest.fixture
-def stored(stored_ids):
-    images = Image.objects.in_bulk(stored_ids)  # read afresh: a test may change its copies
-    return [images[pk] for pk in stored_ids]
+media_root, stored_ids, stored = shared_pictures(lambda: ingest_in_cities("page", ["Paris", "Hangzhou"] * 4))
 
 
 def result_ids(response) -> list[int]:
