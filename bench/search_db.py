@@ -7,8 +7,10 @@ Run:  .venv/bin/python bench/search_db.py [--rows 100000] [--queries 50] [--seed
 It uses its own data folder (IMAGESEARCH_DATA_DIR, default var/bench), never a user's collection.
 The first run for a --rows/--seed loads ``bench.clustered.make_collection`` (clusters of photos
 sharing a home city, a camera and dates, near-duplicate bursts) into the real tables with COPY and
-builds the space's HNSW index; later runs reuse both (the collection itself is regenerated from the
-seed, in seconds, for the ground truth).
+builds the space's HNSW index, then its value graphs (``manage.py models graphs``: a graph per city,
+orientation and year holding from 15,000 rows to half of the space); later runs reuse them (the
+collection itself is regenerated from the seed, in seconds, for the ground truth).
+``--no-value-graphs`` searches without them.
 
 For every case of ``bench.clustered.filter_cases``: the matching rows, the plan ``nearest`` picks,
 p50/p95 of ``nearest(..., offset=0, limit=k)`` for k=10 and k=100 (each query run twice, the second
@@ -46,7 +48,7 @@ from django.db import connection, transaction  # noqa: E402
 from bench.clustered import (all_scores, exact_neighbours, filter_cases, load_collection,  # noqa: E402
                              make_collection, make_queries, recall)
 from catalog import vector_search  # noqa: E402
-from catalog.models import Embedding, EmbeddingSpace  # noqa: E402
+from catalog.models import Embedding, EmbeddingSpace, FilterGraph  # noqa: E402
 
 DIMS = 512
 K_VALUES = (1, 10, 30, 100)
@@ -131,6 +133,20 @@ def ensure_space(collection, rows: int, seed: int):
             "ef_construction": space.HNSW_EF_CONSTRUCTION}
     info_path.write_text(json.dumps(info))
     return space, image_ids, info
+
+
+def ensure_value_graphs(space) -> None:
+    """``manage.py models graphs`` for the space: built on the first run (minutes at 1M), kept after."""
+    from catalog import spaces
+
+    started = time.perf_counter()
+    changes = spaces.refresh_filter_graphs(name=space.name, report=lambda change: log(
+        f"  value graph {change.column}={change.value} ({change.rows:,} rows): {change.action} "
+        f"at {time.perf_counter() - started:.0f} s") if change.action != "kept" else None)
+    names = [FilterGraph(space=space, column=c.column, value=c.value).index_name for c in changes if c.action != "dropped"]
+    size = _scalar("SELECT coalesce(sum(pg_relation_size(to_regclass(n))), 0) FROM unnest(%s::text[]) AS n", [names])
+    log(f"{len(names)} value graphs ({sum(c.rows for c in changes if c.action != 'dropped'):,} rows, "
+        f"{size / 2**20:.0f} MB) ready in {time.perf_counter() - started:.0f} s")
 
 
 def _ms(started: float) -> float:
@@ -430,6 +446,8 @@ def main() -> None:
     parser.add_argument("--halfvec", action="store_true", help="only halfvec against full-precision vector (side table)")
     parser.add_argument("--only", default="", help="only the filter cases whose label contains this")
     parser.add_argument("--load-only", action="store_true", help="load and index the collection, measure nothing")
+    parser.add_argument("--no-value-graphs", action="store_true",
+                        help="search without the value graphs (which are built, or kept, otherwise)")
     parser.add_argument("--ef-search", type=int, default=None,
                         help="walk unfiltered (and at least this wide filtered) at this ef_search instead of "
                              "vector_search.unfiltered_ef_search(space)")
@@ -443,6 +461,10 @@ def main() -> None:
     queries = make_queries(collection, args.queries, seed=args.seed + 1000)
     log(f"generated {args.rows:,} x {DIMS}-d clustered vectors in {time.perf_counter() - started:.1f} s")
     space, image_ids, info = ensure_space(collection, args.rows, args.seed)
+    if args.no_value_graphs:
+        vector_search._graphs_of = lambda space, using: {}  # the space's graph and exact ranking only
+    else:
+        ensure_value_graphs(space)
     if args.load_only:
         return
     scores = all_scores(collection, queries)

@@ -12,16 +12,19 @@ from __future__ import annotations
 
 import logging
 import threading
+from contextlib import contextmanager
 from dataclasses import dataclass
 from dataclasses import replace as replace_config
+from datetime import timezone as dt_timezone
 from pathlib import Path
 
 from django.conf import settings
 from django.db import DatabaseError, IntegrityError, connection, transaction
 from django.utils import timezone
 
+from catalog import vector_search
 from catalog.embedder import ClipEmbedder, EmbedderConfig, EmbedderUnavailable, get_embedder, is_loaded
-from catalog.models import Embedding, EmbeddingSpace, Image
+from catalog.models import Embedding, EmbeddingSpace, FilterGraph, Image
 
 logger = logging.getLogger(__name__)
 State = EmbeddingSpace.State
@@ -289,6 +292,8 @@ def drop(*, name: str) -> int:
     with connection.cursor() as cursor:
         concurrently = "" if connection.in_atomic_block else "CONCURRENTLY "  # not allowed in a transaction
         cursor.execute(f'DROP INDEX {concurrently}IF EXISTS "{space.index_name}"')
+    for graph in FilterGraph.objects.filter(space=space):  # their rows go with the space's
+        graph.drop_index()
     removed = 0
     while True:
         with transaction.atomic():
@@ -311,4 +316,88 @@ def reindex(*, name: str) -> bool:
     space = EmbeddingSpace.objects.filter(name=name).first()
     if space is None:
         raise SpaceError(f"No embedding space is called {name!r} (see manage.py models).")
-    return space.rebuild_index_concurrently()
+    with _graph_builds_lock(name):
+        return space.rebuild_index_concurrently()
+
+
+@dataclass(frozen=True)
+class GraphChange:
+    action: str  # "built", "kept", "dropped"
+    column: str
+    value: str
+    rows: int
+
+
+def refresh_filter_graphs(*, name: str, min_rows: int | None = None, report=lambda change: None) -> list[GraphChange]:
+    """Give every filter value of the space with enough rows its own graph (FilterGraph), and drop
+    those whose value no longer has enough: a value gets one from ``min_rows`` rows
+    (vector_search.GRAPH_MIN_ROWS: fewer are ranked exactly within ~50 ms) up to
+    vector_search.GRAPH_MAX_SHARE of the space (more are walked in the space's own graph), and keeps
+    it down to half of that and up to a tenth more of the space. Graphs are built CONCURRENTLY, one at a time,
+    while searches and imports go on; a search uses one only once its row exists. ``report`` is
+    called after each change. Interrupted, running it again goes on."""
+    space = EmbeddingSpace.objects.filter(name=name).first()
+    if space is None:
+        raise SpaceError(f"No embedding space is called {name!r} (see manage.py models).")
+    min_rows = vector_search.GRAPH_MIN_ROWS if min_rows is None else min_rows
+    with _graph_builds_lock(name):
+        size = Embedding.objects.filter(space=space).count()
+        counts = _filter_value_counts(space)
+        existing = {(g.column, g.value): g for g in FilterGraph.objects.filter(space=space)}
+        changes = []
+        for key, graph in existing.items():
+            rows = counts.get(key, 0)
+            if not min_rows // 2 <= rows <= (vector_search.GRAPH_MAX_SHARE + 0.1) * size:
+                graph.delete()  # searches stop choosing it (within vector_search.SPACE_SIZE_TTL) before it goes
+                graph.drop_index()
+                changes.append(GraphChange("dropped", *key, rows))
+                report(changes[-1])
+        for (column, value), rows in sorted(counts.items(), key=lambda item: -item[1]):
+            graph = existing.get((column, value))
+            if graph is not None and graph.pk is None:  # dropped above
+                continue
+            if graph is None and not min_rows <= rows <= vector_search.GRAPH_MAX_SHARE * size:
+                continue
+            action = "built" if graph is None else "kept"
+            graph = graph or FilterGraph(space=space, column=column, value=value, rows=rows)
+            graph.build_index(space)  # a no-op for a valid one; repairs one a killed build left
+            graph.rows = rows
+            graph.save()  # only now do searches see it
+            changes.append(GraphChange(action, column, value, rows))
+            report(changes[-1])
+    vector_search.forget_space(space.pk)
+    return changes
+
+
+def _filter_value_counts(space: EmbeddingSpace) -> dict[tuple[str, str], int]:
+    """{(column, value): rows} of the space for the columns graphs are built on (one scan each)."""
+    from django.db.models import Count
+    from django.db.models.functions import ExtractYear
+
+    rows_in = Embedding.objects.filter(space=space)
+    counts = {}
+    for city, rows in rows_in.exclude(city="").values_list("city").annotate(n=Count("pk")):
+        counts[(FilterGraph.Column.CITY.value, city)] = rows
+    for orientation, rows in rows_in.values_list("orientation").annotate(n=Count("pk")):
+        counts[(FilterGraph.Column.ORIENTATION.value, str(orientation))] = rows
+    # Years in UTC, as the graphs' bounds are; 9999 has no following year to bound it.
+    years = (rows_in.filter(taken_at__isnull=False).annotate(year=ExtractYear("taken_at", tzinfo=dt_timezone.utc))
+             .values_list("year").annotate(n=Count("pk")))
+    for year, rows in years:
+        if 1 <= year <= 9998:
+            counts[(FilterGraph.Column.YEAR.value, str(year))] = rows
+    return counts
+
+
+@contextmanager
+def _graph_builds_lock(name: str):
+    """One graph build per space at a time (two CREATE INDEX CONCURRENTLY on one table deadlock)."""
+    with connection.cursor() as cursor:
+        cursor.execute("SELECT pg_try_advisory_lock(hashtext('catalog.graphs'), hashtext(%s))", [name])
+        if not cursor.fetchone()[0]:
+            raise SpaceError(f"Another process is building {name}'s graphs; run it again once it is done.")
+    try:
+        yield
+    finally:
+        with connection.cursor() as cursor:
+            cursor.execute("SELECT pg_advisory_unlock(hashtext('catalog.graphs'), hashtext(%s))", [name])

@@ -30,6 +30,8 @@ figures in bench/README.md.
 
 from __future__ import annotations
 
+import heapq
+import itertools
 import json
 import logging
 import time
@@ -44,7 +46,7 @@ from django.db.models.functions import Cast
 from pgvector import HalfVector
 from pgvector.django import HalfVectorField, MaxInnerProduct
 
-from catalog.models import Embedding, EmbeddingSpace
+from catalog.models import Embedding, EmbeddingSpace, FilterGraph, year_bounds
 
 logger = logging.getLogger(__name__)
 
@@ -68,10 +70,27 @@ EF_SEARCH_MAX = 1_000
 MAX_SCAN_TUPLES = 20_000  # pgvector's default, set explicitly so the ranking does not depend on the server
 MAX_DEPTH = 300           # rows of one ranking a page may reach (offset + limit); at 500 a graph walk kept 0.93-0.95
 PARALLEL_MIN_ROWS = 15_000  # an exact scan this large is worth two workers' start-up
+# A filter on one column whose estimate is past the exact limit is walked without counting: counting
+# 300,000 matches took 60 ms of an 80 ms search (1,000,000 images). The planner's statistics of a
+# single column (its most common values, its histogram) are within a few percent, and a walk is as
+# good at 28% as at 31%; a correlated pair of columns is misestimated, so several are always counted.
+ESTIMATE_MARGIN = 1.0
+# Value graphs (FilterGraph, ``manage.py models graphs``): a city, orientation or year with at least
+# GRAPH_MIN_ROWS rows (fewer are ranked exactly within ~50 ms) and at most GRAPH_MAX_SHARE of the space has
+# its own graph, walked whole at EF_SEARCH_GRAPH, or with the rest of a filter that keeps at least
+# GRAPH_SHARE of its rows, as the space's graph is. At 1,000,000 images a 10% city walked in its graph
+# kept recall@100 0.98 from ef_search 300 (exact ranking: 148 ms; the space's graph: 0.91), but a year
+# holds whole trips, so a query's nearest rows there lie in other trips: recall@100 0.86-0.94 at 300,
+# 0.97-0.99 at 800 (bench/README.md).
+GRAPH_MIN_ROWS = 15_000  # exact ranking of 20,000 scattered rows came to 47-52 ms at p95
+GRAPH_MAX_SHARE = 0.5  # a value past it is most of its space: the space's graph serves it as well
+GRAPH_SHARE = 0.30
+EF_SEARCH_GRAPH = 800
 SPACE_SIZE_TTL = 60.0     # seconds a process trusts its estimate of a space's size (and how its graph was built)
 
 _space_sizes: dict[tuple[str, int], tuple[float, int]] = {}
 _graph_builds: dict[tuple[str, int], tuple[float, int]] = {}  # (using, space): (when, ef_construction)
+_value_graphs: dict[tuple[str, int], tuple[float, dict]] = {}  # (using, space): (when, {(column, value): rows})
 
 
 @dataclass(frozen=True)
@@ -81,14 +100,48 @@ class Neighbour:
 
 
 @dataclass(frozen=True)
-class Plan:
+class Part:
+    """One ranking a page merges: the rows of ``image_filter`` (within the filter searched), exact or
+    walked in a graph (the space's, or the value graph ``graph``)."""
+    image_filter: Q
     exact: bool
-    matching: int | None       # rows counted (at most exact_limit + 1); None: not counted
+    matching: int | None = None  # rows counted (at most exact_limit + 1); None: not counted
     ef_search: int = 0
+    graph: str = ""  # "city=London": the FilterGraph it walks; "": the space's graph
     image_ids: list[int] | None = field(default=None, repr=False)  # the matching rows, when counted by id
 
     def __str__(self) -> str:
-        return "exact" if self.exact else f"hnsw ef_search={self.ef_search}"
+        if self.exact:
+            return "exact"
+        return f"graph {self.graph} ef_search={self.ef_search}" if self.graph else f"hnsw ef_search={self.ef_search}"
+
+
+@dataclass(frozen=True)
+class Plan:
+    parts: tuple[Part, ...]
+
+    @property
+    def exact(self) -> bool:
+        return all(part.exact for part in self.parts)
+
+    @property
+    def matching(self) -> int | None:
+        counted = [part.matching for part in self.parts]
+        return None if None in counted else sum(counted)
+
+    @property
+    def ef_search(self) -> int:
+        return max(part.ef_search for part in self.parts)
+
+    def __str__(self) -> str:
+        walks = [part for part in self.parts if part.graph]
+        if len(walks) <= 1:
+            return " + ".join(map(str, self.parts))
+        rest = [str(part) for part in self.parts if not part.graph]
+        widths = sorted({part.ef_search for part in walks})
+        label = (f"{len(walks)} graphs {walks[0].graph}..{walks[-1].graph.split('=')[1]} "
+                 f"ef_search={'/'.join(map(str, widths))}")
+        return " + ".join([label, *rest])
 
 
 def exact_limit(space_size: int) -> int:
@@ -101,12 +154,56 @@ def plan_for(*, space: EmbeddingSpace, image_filter: Q, using: str = "default") 
     size = _space_size(space, using)
     limit = exact_limit(size)
     if size <= limit:  # a small collection is ranked exactly, filter or not: nothing to count
-        return Plan(exact=True, matching=None)
+        return Plan((Part(image_filter, exact=True),))
     if not image_filter:
-        return Plan(exact=False, matching=None, ef_search=unfiltered_ef_search(space, using))
-    matched = Embedding.objects.using(using).filter(space=space).filter(image_filter)
+        return Plan((Part(image_filter, exact=False, ef_search=unfiltered_ef_search(space, using)),))
+    estimate = _single_column_estimate(space, image_filter, using)
+    split = _split(image_filter, _graphs_of(space, using))
+    if split is None or (estimate is not None and estimate > limit and len(split.graph_parts) > 1):
+        # Past the limit a walk in the space's graph is as good, and one walk is cheaper than several.
+        return Plan((_part(space, image_filter, size, limit, using, estimate=estimate),))
+    parts = []
+    for label, rows, part_filter, whole in split.graph_parts:
+        if whole:  # the value's rows and no others: its graph alone, walked as an unfiltered space's
+            parts.append(Part(part_filter, exact=False, ef_search=EF_SEARCH_GRAPH, graph=label))
+            continue
+        share_limit = max(1, round(GRAPH_SHARE * rows))
+        matched, ids = _matched(space, part_filter, using), None
+        if share_limit <= IDS_MAX_ROWS:  # several columns: keep the ids, as _part does
+            ids = list(matched.values_list("image_id", flat=True)[:share_limit])
+        matching = len(ids) if ids is not None else matched.values("pk")[:share_limit].count()
+        if matching < share_limit:  # too few of the graph's rows: rank them exactly
+            if matching:
+                parts.append(Part(part_filter, exact=True, matching=matching, image_ids=ids))
+            continue
+        ef_search = round(min(EF_SEARCH_MAX, EF_SEARCH_GRAPH / GRAPH_SHARE ** 0.75))
+        parts.append(Part(part_filter, exact=False, matching=matching, ef_search=ef_search, graph=label))
+    if split.rest is not None:
+        rest = _part(space, split.rest, size, limit, using)
+        if rest.matching != 0:
+            parts.append(rest)
+    return Plan(tuple(parts) or (Part(image_filter, exact=True, matching=0),))
+
+
+def _single_column_estimate(space: EmbeddingSpace, image_filter: Q, using: str) -> int | None:
+    """The planner's estimate of a filter on one column (None for several: see ESTIMATE_MARGIN)."""
+    columns = _columns(image_filter)
+    if len(columns) != 1 or "image" in columns:
+        return None
+    return _estimated_rows(_matched(space, image_filter, using))
+
+
+def _part(space: EmbeddingSpace, image_filter: Q, size: int, limit: int, using: str, *,
+          estimate: int | None = None) -> Part:
+    """The plan of a filter without value graphs: counted, then exact or walked in the space's graph."""
+    matched = _matched(space, image_filter, using)
+    columns = _columns(image_filter)
+    if estimate is None:
+        estimate = _single_column_estimate(space, image_filter, using)
+    if estimate is not None and estimate > ESTIMATE_MARGIN * limit:  # past the limit: no need to count to it
+        return Part(image_filter, exact=False, ef_search=_filtered_ef_search(estimate / max(size, 1)))
     ids = None
-    if len(_columns(image_filter)) > 1:
+    if len(columns) > 1:
         # Several columns (correlated, misestimated): the count reads one covering index and keeps the
         # ids, so the ranking reads only the rows that match instead of all those one bound matches.
         ids = list(matched.values_list("image_id", flat=True)[:min(limit, IDS_MAX_ROWS) + 1])
@@ -115,14 +212,21 @@ def plan_for(*, space: EmbeddingSpace, image_filter: Q, using: str = "default") 
     # One column, or too many ids to pass around: its index finds the rows.
     matching = len(ids) if ids is not None else matched.values("pk")[:limit + 1].count()
     if matching <= limit:
-        return Plan(exact=True, matching=matching, image_ids=ids)
+        return Part(image_filter, exact=True, matching=matching, image_ids=ids)
     # More than ``limit`` match: the planner's estimate, never below what was counted, sizes ef_search.
+    selectivity = min(1.0, max(matching, _estimated_rows(matched)) / max(size, 1))
+    return Part(image_filter, exact=False, matching=matching, ef_search=_filtered_ef_search(selectivity))
+
+
+def _filtered_ef_search(selectivity: float) -> int:
     # Correlated filters need a wide candidate list: on clustered data a date range takes whole trips
     # or none (7-14% of 20,000: recall@10 0.944 at ef_search 400, 0.969-0.981 at 1,000; 29% of
     # 100,000: recall@100 0.945 at 575), broad ones less.
-    selectivity = min(1.0, max(matching, _estimated_rows(matched)) / max(size, 1))
-    ef_search = round(min(EF_SEARCH_MAX, EF_SEARCH_FILTERED / selectivity ** 0.75))
-    return Plan(exact=False, matching=matching, ef_search=ef_search)
+    return round(min(EF_SEARCH_MAX, EF_SEARCH_FILTERED / max(selectivity, 1e-9) ** 0.75))
+
+
+def _matched(space: EmbeddingSpace, image_filter: Q, using: str) -> QuerySet:
+    return Embedding.objects.using(using).filter(space=space).filter(image_filter)
 
 
 def nearest(*, space: EmbeddingSpace, vector, image_filter: Q, offset: int, limit: int,
@@ -141,26 +245,85 @@ def nearest(*, space: EmbeddingSpace, vector, image_filter: Q, offset: int, limi
         raise ValueError("the query vector must be finite and not zero")
     vector = (vector / norm).astype(np.float32)  # unit, like every stored vector
     query = Cast(Value(HalfVector(vector).to_text()), HalfVectorField(dimensions=space.dimensions))
-    matched = Embedding.objects.using(using).filter(space=space).filter(image_filter)
+    in_space = Embedding.objects.using(using).filter(space=space)
     if exclude_image_id is not None:
-        matched = matched.exclude(image_id=exclude_image_id)
+        in_space = in_space.exclude(image_id=exclude_image_id)
     page = _Page(wanted=offset + limit, max_distance=max_distance, collapse_groups=collapse_groups)
     with transaction.atomic(using=using):
-        plan = plan_for(space=space, image_filter=image_filter, using=using)
-        if plan.exact:
-            if plan.image_ids is not None:
-                matched = matched.filter(image_id__in=RawSQL("SELECT unnest(%s::bigint[])", [plan.image_ids]))
-            _read(page, _exact(matched, query, page, using, parallel=(plan.matching or 0) >= PARALLEL_MIN_ROWS))
-        else:
-            ran_out = _read(page, _hnsw(matched, query, space, plan, page, using))
-            if ran_out and not page.full:
-                # The walk gave up: rank every matching row exactly (the walk's rows among them).
-                logger.debug("HNSW scan ran out after %d rows; ranking the filter exactly", len(page.rows))
-                page.restart()
-                _read(page, _exact(matched, query, page, using, parallel=True))
+        parts = list(plan_for(space=space, image_filter=image_filter, using=using).parts)
+        while True:
+            streams = [_Stream(_rank(part, in_space, query, space, page, using), walk=not part.exact)
+                       for part in parts]
+            page.restart()
+            try:
+                page.take(heapq.merge(*streams, key=_rank_key) if len(streams) > 1 else iter(streams[0]))
+            finally:
+                for stream in streams:
+                    stream.close()
+            # A walk that gave up (hnsw.max_scan_tuples) before its rows ran out: rank its rows exactly
+            # instead (the walk's rows among them), so results are always in true distance order.
+            gave_up = [i for i, stream in enumerate(streams) if stream.gave_up(page)]
+            if not gave_up:
+                break
+            logger.debug("HNSW scan ran out in %d part(s); ranking them exactly", len(gave_up))
+            for i in gave_up:
+                parts[i] = Part(parts[i].image_filter, exact=True)
         # Read-only work: rolling back drops the SET LOCALs even when the caller's transaction goes on.
         transaction.set_rollback(True, using=using)
     return page.rows[offset:]
+
+
+def _rank(part: Part, in_space: QuerySet, query, space: EmbeddingSpace, page: _Page, using: str):
+    """The part's rows in rank order, its query sent now (under its own settings)."""
+    matched = in_space.filter(part.image_filter)
+    if part.exact:
+        if part.image_ids is not None:
+            matched = matched.filter(image_id__in=RawSQL("SELECT unnest(%s::bigint[])", [part.image_ids]))
+        parallel = part.matching is None or part.matching >= PARALLEL_MIN_ROWS
+        ranked = _exact(matched, query, page, using, parallel=parallel)
+    else:
+        ranked = _hnsw(matched, query, space, part, page, using)
+    if not page.collapse_groups:
+        return iter(list(ranked))
+    return _opened(ranked)
+
+
+def _opened(ranked):
+    """The rows of a server-side cursor, opened now under the settings just made (another part's
+    come next); closing it closes the cursor."""
+    first = list(itertools.islice(ranked, 1))
+
+    def rows():
+        try:
+            yield from first
+            yield from ranked
+        finally:
+            ranked.close()
+    return rows()
+
+
+def _rank_key(row) -> tuple:
+    return row[1], row[0]  # (negative inner product, image id): the order every part yields
+
+
+class _Stream:
+    """A part's ranked rows, noting whether they were read to their end."""
+
+    def __init__(self, rows, *, walk: bool):
+        self.rows, self.walk, self.read, self.ended = rows, walk, 0, False
+
+    def __iter__(self):
+        for row in self.rows:
+            self.read += 1
+            yield row
+        self.ended = True
+
+    def close(self) -> None:
+        getattr(self.rows, "close", lambda: None)()  # a server-side cursor closes inside the transaction
+
+    def gave_up(self, page: _Page) -> bool:
+        """A walk read to its end with fewer rows than asked for (collapsing asks for all it has)."""
+        return self.walk and self.ended and (page.collapse_groups or self.read < page.wanted)
 
 
 class _Page:
@@ -199,17 +362,10 @@ class _Page:
         return True
 
 
-def _read(page: _Page, ranked) -> bool:
-    try:
-        return page.take(ranked)
-    finally:
-        getattr(ranked, "close", lambda: None)()  # a server-side cursor closes inside the transaction
-
-
 def _ranked(matched: QuerySet, distance, page: _Page):
     ranked = matched.annotate(distance=distance).order_by("distance", "image_id").values_list(*page.fields)
     if not page.collapse_groups:
-        return iter(ranked[:page.wanted])  # one round trip
+        return ranked[:page.wanted]  # one round trip
     # Collapsing needs an unknown depth: a server-side cursor reads only as deep as rows are taken.
     return ranked.iterator(chunk_size=4 * page.wanted)
 
@@ -221,8 +377,8 @@ def _exact(matched: QuerySet, query, page: _Page, using: str, *, parallel: bool)
     return _ranked(matched, MaxInnerProduct("vector", query), page)
 
 
-def _hnsw(matched: QuerySet, query, space: EmbeddingSpace, plan: Plan, page: _Page, using: str):
-    _set_local(using, **{"hnsw.iterative_scan": "strict_order", "hnsw.ef_search": plan.ef_search,
+def _hnsw(matched: QuerySet, query, space: EmbeddingSpace, part: Part, page: _Page, using: str):
+    _set_local(using, **{"hnsw.iterative_scan": "strict_order", "hnsw.ef_search": part.ef_search,
                          "hnsw.max_scan_tuples": MAX_SCAN_TUPLES,
                          # The index order is the only sort-free plan; without this a large ef_search
                          # makes the planner prefer an exact sort of the whole space.
@@ -234,8 +390,143 @@ def _hnsw(matched: QuerySet, query, space: EmbeddingSpace, plan: Plan, page: _Pa
     ranked = (matched.annotate(distance=MaxInnerProduct(space.typed_vector(), query))
               .order_by("distance").values_list(*page.fields))
     if not page.collapse_groups:
-        return iter(ranked[:page.wanted])
+        return ranked[:page.wanted]
     return ranked.iterator(chunk_size=4 * page.wanted)
+
+
+@dataclass(frozen=True)
+class _Split:
+    graph_parts: list[tuple[str, int, Q, bool]]  # (graph label, its rows, the part's filter, whole graph)
+    rest: Q | None  # the filter's rows outside those graphs
+
+
+def _split(image_filter: Q, graphs: dict[tuple[str, str], int]) -> _Split | None:
+    """The filter's rows split by the value graphs of one column (the one whose graphs cover the
+    fewest rows), or None when no value graph covers any of them."""
+    if not graphs:
+        return None
+    conditions = _conditions(image_filter)
+    if conditions is None:
+        return None
+    best = None
+    for split in (_split_city(conditions, graphs), _split_orientation(conditions, graphs),
+                  _split_years(conditions, graphs)):
+        if split is not None and (best is None or _graph_rows(split) < _graph_rows(best)):
+            best = split
+    return best
+
+
+def _graph_rows(split: _Split) -> int:
+    return sum(rows for _, rows, _, _ in split.graph_parts)
+
+
+def _conditions(image_filter: Q) -> list | None:
+    """The AND-ed conditions of a filter: (lookup, value) pairs, or Q objects left as they are; None
+    for a filter that is not a conjunction."""
+    if image_filter.negated or (image_filter.connector != Q.AND and len(image_filter.children) > 1):
+        return None
+    conditions = []
+    for child in image_filter.children:
+        if isinstance(child, Q) and not child.negated and (child.connector == Q.AND or len(child.children) == 1):
+            inner = _conditions(child)
+            if inner is None:
+                return None
+            conditions += inner
+        else:
+            conditions.append(child)
+    return conditions
+
+
+def _and(conditions) -> Q:
+    result = Q()
+    for condition in conditions:
+        result &= condition if isinstance(condition, Q) else Q(condition)
+    return result
+
+
+def _split_city(conditions: list, graphs: dict) -> _Split | None:
+    named = [c for c in conditions if isinstance(c, tuple) and c[0] in ("city", "city__in")]
+    if len(named) != 1:
+        return None
+    lookup, value = named[0]
+    cities = [value] if lookup == "city" else list(dict.fromkeys(value))
+    others = [c for c in conditions if c is not named[0]]
+    graphed = [city for city in cities if ("city", city) in graphs]
+    if not graphed:
+        return None
+    parts = [(f"city={city}", graphs[("city", city)], _and([*others, ("city", city)]), not others) for city in graphed]
+    rest = [city for city in cities if city not in graphed]
+    return _Split(parts, _and([*others, ("city__in", rest)]) if rest else None)
+
+
+def _split_orientation(conditions: list, graphs: dict) -> _Split | None:
+    named = [c for c in conditions if isinstance(c, tuple) and c[0] == "orientation"]
+    if len(named) != 1 or ("orientation", str(named[0][1])) not in graphs:
+        return None
+    others = [c for c in conditions if c is not named[0]]
+    value = str(named[0][1])
+    return _Split([(f"orientation={value}", graphs[("orientation", value)], _and(conditions), not others)], None)
+
+
+def _split_years(conditions: list, graphs: dict) -> _Split | None:
+    """A date range over whole UTC years: each year with a graph is one part, the rest one more."""
+    bounds = [c for c in conditions if isinstance(c, tuple) and c[0].startswith("taken_at")]
+    if not bounds or any(lookup not in ("taken_at__gte", "taken_at__lt") for lookup, _ in bounds):
+        return None
+    if len(bounds) != len({lookup for lookup, _ in bounds}):
+        return None
+    low = dict(bounds).get("taken_at__gte")
+    high = dict(bounds).get("taken_at__lt")
+    others = [c for c in conditions if c not in bounds]
+    years = sorted(int(value) for column, value in graphs if column == "year")
+    parts, uncovered, cursor = [], [], low  # [cursor, ...) is not yet covered
+    for year in years:
+        start, end = year_bounds(year)
+        if (high is not None and start >= high) or (low is not None and end <= low):
+            continue
+        part_low = start if low is None or low < start else low
+        part_high = end if high is None or high > end else high
+        whole = not others and part_low == start and part_high == end
+        if cursor is None or cursor < part_low:
+            uncovered.append((cursor, part_low))
+        parts.append((f"year={year}", graphs[("year", str(year))],
+                      _and([*others, ("taken_at__gte", part_low), ("taken_at__lt", part_high)]), whole))
+        cursor = part_high
+    if not parts:
+        return None
+    if high is None or cursor < high:
+        uncovered.append((cursor, high))
+    gaps = Q()
+    for gap_low, gap_high in uncovered:
+        gap = Q(taken_at__isnull=False)
+        if gap_low is not None:
+            gap &= Q(taken_at__gte=gap_low)
+        if gap_high is not None:
+            gap &= Q(taken_at__lt=gap_high)
+        gaps |= gap
+    return _Split(parts, _and(others) & gaps if uncovered else None)
+
+
+def _graphs_of(space: EmbeddingSpace, using: str) -> dict[tuple[str, str], int]:
+    """{(column, value): rows} of the space's value graphs, refreshed every SPACE_SIZE_TTL seconds."""
+    def load() -> dict:
+        graphs = {(graph.column, graph.value): graph for graph in FilterGraph.objects.using(using).filter(space=space)}
+        if not graphs:
+            return {}
+        with connections[using].cursor() as cursor:  # a row whose index is gone or invalid serves nothing
+            cursor.execute("SELECT c.relname FROM pg_index i JOIN pg_class c ON c.oid = i.indexrelid "
+                           "WHERE c.relname = ANY(%s) AND i.indisvalid", [[g.index_name for g in graphs.values()]])
+            valid = {name for (name,) in cursor.fetchall()}
+        return {key: graph.rows for key, graph in graphs.items() if graph.index_name in valid}
+
+    return _cached(_value_graphs, (using, space.pk), load)
+
+
+def forget_space(space_id: int) -> None:
+    """Drop what this process keeps about a space (its size, graph build, value graphs)."""
+    for store in (_space_sizes, _graph_builds, _value_graphs):
+        for key in [key for key in store if key[1] == space_id]:
+            del store[key]
 
 
 def _columns(image_filter: Q) -> set[str]:
@@ -274,7 +565,7 @@ def _space_size(space: EmbeddingSpace, using: str) -> int:
     return _cached(_space_sizes, (using, space.pk), measured)
 
 
-def _cached(store: dict, key, compute) -> int:
+def _cached(store: dict, key, compute):
     """``compute()``, kept in ``store`` for SPACE_SIZE_TTL seconds per key."""
     now = time.monotonic()
     cached = store.get(key)
@@ -301,6 +592,7 @@ def refresh_planner_statistics(using: str = "default") -> None:
     read the covering indexes only (the visibility map), before autovacuum catches up."""
     _space_sizes.clear()
     _graph_builds.clear()
+    _value_graphs.clear()
     connection = connections[using]
     with connection.cursor() as cursor:
         # VACUUM cannot run inside a transaction block; ANALYZE alone still helps there.

@@ -2,9 +2,10 @@
 
 One generated collection (bench/clustered.py: trips that share a city, a camera and a few days,
 bursts of near-duplicates) is loaded once for the module. Every filter case of ``filter_cases`` is
-searched under two sets of thresholds: the shipped ones (at this size every filter is ranked
-exactly) and ones scaled down so that the share of filters walking the HNSW graph is what it is at
-a million images; both must keep recall@k >= 0.95 for k in 1, 10, 30, 100. Ground truth is numpy
+searched under three sets of thresholds: the shipped ones (at this size every filter is ranked
+exactly), ones scaled down so that the share of filters walking the HNSW graph is what it is at
+a million images, and those with value graphs (``manage.py models graphs``) scaled alike; all must
+keep recall@k >= 0.95 for k in 1, 10, 30, 100. Ground truth is numpy
 over the half-precision values the database holds.
 """
 
@@ -12,9 +13,11 @@ from __future__ import annotations
 
 import numpy as np
 import pytest
+from django.db import transaction
 
 from bench.clustered import exact_neighbours, filter_cases, image_ids_of, load_collection, make_collection, make_queries
-from catalog import vector_search
+from catalog import spaces, vector_search
+from catalog.models import FilterGraph
 from catalog.search import MAX_PAGE, SearchError, SearchParams
 from catalog.vector_search import MAX_DEPTH, nearest, plan_for
 from tests.conftest import rolled_back_at_end
@@ -27,6 +30,7 @@ QUERIES = 8
 KS = (1, 10, 30, 100)
 # The shipped limits as shares of a million images (2%, 30%, 40%), applied to this collection.
 SCALED = {"EXACT_MIN_ROWS": ROWS // 50, "EXACT_SHARE": 0.30, "EXACT_MAX_ROWS": ROWS * 2 // 5}
+SCALED_GRAPH_MIN_ROWS = ROWS * 3 // 200  # vector_search.GRAPH_MIN_ROWS as a share of a million images
 
 
 class Loaded:
@@ -52,20 +56,33 @@ def loaded(django_db_setup, django_db_blocker):
     with rolled_back_at_end(django_db_blocker):
         collection = make_collection(ROWS, dims=DIMS, seed=21)
         space, image_ids = load_collection(collection, space_name="test/clustered-search")
-        yield Loaded(collection, space, image_ids)
+        loaded = Loaded(collection, space, image_ids)
+        # Its value graphs (cities, orientations, years of 300 to 10,000 rows), built here to be rolled
+        # back with the rest; tests without the "graphs" thresholds do not see them.
+        loaded.graph_changes = spaces.refresh_filter_graphs(name=space.name, min_rows=SCALED_GRAPH_MIN_ROWS)
+        vector_search.forget_space(space.pk)
+        yield loaded
 
 
-@pytest.fixture(params=["shipped", "scaled"])
+@pytest.fixture
+def value_graphs(loaded):
+    return loaded.graph_changes
+
+
+@pytest.fixture(params=["shipped", "scaled", "graphs"])
 def thresholds(request, monkeypatch):
-    if request.param == "scaled":
+    if request.param != "shipped":
         for name, value in SCALED.items():
             monkeypatch.setattr(vector_search, name, value)
+    if request.param != "graphs":
+        monkeypatch.setattr(vector_search, "_graphs_of", lambda space, using: {})
     return request.param
 
 
 def test_the_cases_cover_both_plans_under_scaled_thresholds(loaded, monkeypatch):
     for name, value in SCALED.items():
         monkeypatch.setattr(vector_search, name, value)
+    monkeypatch.setattr(vector_search, "_graphs_of", lambda space, using: {})
     plans = {case.label: plan_for(space=loaded.space, image_filter=case.filters.embedding_q()) for case in loaded.cases}
     assert sum(p.exact for p in plans.values()) >= 10 and sum(not p.exact for p in plans.values()) >= 3, plans
     labels = " | ".join(plans)
@@ -131,3 +148,131 @@ def test_pages_past_the_depth_limit_are_refused_with_a_reason():
     with pytest.raises(SearchError, match=f"{MAX_DEPTH} deep at most"):
         SearchParams(text="x", top_k=100, page=MAX_DEPTH // 100 + 1)
     SearchParams(text="x", top_k=MAX_DEPTH // MAX_PAGE, page=MAX_PAGE)  # the depth limit itself
+
+
+def test_value_graphs_serve_the_filters_they_cover(loaded, value_graphs, monkeypatch):
+    for name, value in SCALED.items():
+        monkeypatch.setattr(vector_search, name, value)
+    built = {(c.column, c.value) for c in value_graphs if c.action == "built"}
+    assert {column for column, _ in built} == {"city", "orientation", "year"}, built
+    assert all(SCALED_GRAPH_MIN_ROWS <= c.rows <= vector_search.GRAPH_MAX_SHARE * ROWS for c in value_graphs)
+    plans = {case.label: plan_for(space=loaded.space, image_filter=case.filters.embedding_q()) for case in loaded.cases}
+    walked = {label: str(plan) for label, plan in plans.items() if any(part.graph for part in plan.parts)}
+    assert any("graph city=" in plan for plan in walked.values()), plans
+    assert any("graphs year=" in plan for plan in walked.values()), plans  # a range across several years
+    # A value's rows alone walk its graph as an unfiltered space is walked, without counting them.
+    whole = [plans[label] for label in plans if label.startswith("city ") and "+" not in label
+             and plans[label].parts[0].graph]
+    assert whole and all(len(p.parts) == 1 and p.parts[0].ef_search == vector_search.EF_SEARCH_GRAPH
+                         and p.matching is None for p in whole), whole
+    # With more conditions, the part is counted and walked wider, or ranked exactly below GRAPH_SHARE.
+    combined = [part for label, plan in plans.items() if "+" in label for part in plan.parts if part.graph]
+    assert combined and all(part.matching is not None and part.ef_search > vector_search.EF_SEARCH_GRAPH
+                            for part in combined), combined
+
+
+def test_each_part_walks_its_own_value_graph(loaded, value_graphs, monkeypatch):
+    """EXPLAIN the very statements nearest() sends, inside its transaction (its SET LOCALs apply)."""
+    from django.db import connection
+
+    for name, value in SCALED.items():
+        monkeypatch.setattr(vector_search, name, value)
+    graphs = {f"{g.column}={g.value}": g.index_name for g in FilterGraph.objects.filter(space=loaded.space)}
+    plans = []
+
+    def explain_ordered_queries(execute, sql, params, many, context):
+        if "ORDER BY" in sql and "<#>" in sql:
+            raw = context["connection"].connection
+            plans.append("\n".join(row[0] for row in raw.execute("EXPLAIN " + sql, params)))
+        return execute(sql, params, many, context)
+
+    checked = 0
+    for case in loaded.cases:
+        plan = plan_for(space=loaded.space, image_filter=case.filters.embedding_q())
+        walks = [part.graph for part in plan.parts if part.graph]
+        if not walks:
+            continue
+        plans.clear()
+        with connection.execute_wrapper(explain_ordered_queries):
+            loaded.search(case, 0, limit=10)
+        for graph in walks:  # one statement per part, in the plan's order
+            assert sum(graphs[graph] in explained for explained in plans) == 1, (case.label, graph, plans)
+        checked += 1
+    assert checked >= 3
+
+
+def test_a_walk_that_gives_up_in_one_part_is_ranked_exactly_and_merged_in_order(loaded, value_graphs, monkeypatch):
+    for name, value in SCALED.items():
+        monkeypatch.setattr(vector_search, name, value)
+    monkeypatch.setattr(vector_search, "MAX_SCAN_TUPLES", 5)  # every walk gives up at once
+    case = next(c for c in loaded.cases if c.label.startswith("date: 20"))  # several year graphs
+    assert len(plan_for(space=loaded.space, image_filter=case.filters.embedding_q()).parts) > 1
+    for q in range(3):
+        found = loaded.search(case, q, limit=30)
+        assert [n.image_id for n in found] == loaded.truth(case, q, 30)
+
+
+def test_graph_refresh_keeps_drops_and_refuses_a_second_run(loaded, value_graphs):
+    from django.db import connection
+
+    name = loaded.space.name
+    again = spaces.refresh_filter_graphs(name=name, min_rows=SCALED_GRAPH_MIN_ROWS)
+    assert {c.action for c in again} == {"kept"} and len(again) == len(value_graphs)
+    # Another process holding the space's graph lock: refused, nothing changed.
+    from django.db import connections
+    other = connections.create_connection("default")
+    try:
+        with other.cursor() as cursor:
+            cursor.execute("SELECT pg_advisory_lock(hashtext('catalog.graphs'), hashtext(%s))", [name])
+        with pytest.raises(spaces.SpaceError, match="Another process"):
+            spaces.refresh_filter_graphs(name=name, min_rows=SCALED_GRAPH_MIN_ROWS)
+    finally:
+        other.close()
+    # Fewer than half the rows now needed: every graph and its index go.
+    largest = max(c.rows for c in value_graphs)
+    with transaction.atomic():  # rolled back: the other tests keep the graphs
+        dropped = spaces.refresh_filter_graphs(name=name, min_rows=4 * largest)
+        assert {c.action for c in dropped} == {"dropped"} and len(dropped) == len(value_graphs)
+        assert not FilterGraph.objects.filter(space=loaded.space).exists()
+        with connection.cursor() as cursor:
+            cursor.execute("SELECT count(*) FROM pg_class WHERE relname = ANY(%s)",
+                           [[FilterGraph(space=loaded.space, column=c.column, value=c.value).index_name for c in dropped]])
+            assert cursor.fetchone()[0] == 0
+        transaction.set_rollback(True)
+    vector_search.forget_space(loaded.space.pk)
+
+
+def test_models_graphs_command_reports_each_graph_and_refuses_bad_input(loaded, value_graphs):
+    from io import StringIO
+
+    from django.core.management import CommandError, call_command
+
+    out = StringIO()
+    call_command("models", "graphs", loaded.space.name, "--min-rows", str(SCALED_GRAPH_MIN_ROWS), stdout=out)
+    lines = out.getvalue().splitlines()
+    assert len(lines) == len(value_graphs) + 1 and all(": kept the graph of " in line for line in lines[:-1])
+    assert lines[-1] == f"{loaded.space.name}: 0 graph(s) built, {len(value_graphs)} kept, 0 dropped."
+    listing = StringIO()
+    call_command("models", stdout=listing)
+    assert f"{len(value_graphs)} value graph(s)" in listing.getvalue()
+    with pytest.raises(CommandError, match="at least 1"):
+        call_command("models", "graphs", loaded.space.name, "--min-rows", "0")
+    with pytest.raises(CommandError, match="No embedding space"):
+        call_command("models", "graphs", "no/such-space")
+
+
+def test_a_graph_whose_index_is_gone_is_not_walked(loaded, value_graphs, monkeypatch):
+    from django.db import connection
+
+    for name, value in SCALED.items():
+        monkeypatch.setattr(vector_search, name, value)
+    graph = FilterGraph.objects.filter(space=loaded.space, column="city").order_by("-rows").first()
+    case_filter = graph.condition()
+    assert plan_for(space=loaded.space, image_filter=case_filter).parts[0].graph == f"city={graph.value}"
+    with transaction.atomic():
+        with connection.cursor() as cursor:
+            cursor.execute(f'DROP INDEX "{graph.index_name}"')
+        vector_search.forget_space(loaded.space.pk)
+        assert not any(part.graph for part in plan_for(space=loaded.space, image_filter=case_filter).parts)
+        transaction.set_rollback(True)
+    vector_search.forget_space(loaded.space.pk)

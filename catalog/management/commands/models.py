@@ -2,7 +2,7 @@
 
 from django.core.management.base import BaseCommand, CommandError
 
-from catalog import spaces
+from catalog import spaces, vector_search
 from catalog.embedder import EmbedderUnavailable
 from catalog.jobs import builds, tasks
 from catalog.models import EmbeddingSpace
@@ -24,7 +24,8 @@ class Command(BaseCommand):
     help = ("Embedding spaces, one per model: `models` (or `models list`) shows each one's model, dimensions, "
             "vectors, coverage, index size and state; `models build ARCH PRETRAINED [--weights FILE]` embeds the "
             "collection with another model in the background; `models activate NAME [--force]` switches searches "
-            "to it; `models reindex NAME` rebuilds its search graph with the current parameters; `models drop NAME` "
+            "to it; `models reindex NAME` rebuilds its search graph with the current parameters; `models graphs NAME` "
+            "gives frequent filter values (cities, orientations, years) their own graphs; `models drop NAME` "
             "removes a space that does not serve.")
 
     def add_arguments(self, parser):
@@ -45,6 +46,13 @@ class Command(BaseCommand):
                                                  "(see `models`: GRAPH) while searches and imports go on; "
                                                  "running it again after an interruption goes on.")
         reindex.add_argument("name")
+        graphs = sub.add_parser("graphs", help="Give each city, orientation and year taken with enough images "
+                                               "its own search graph (filtered searches walk it), and drop those "
+                                               "that no longer have enough; run it after large imports. Searches "
+                                               "and imports go on meanwhile.")
+        graphs.add_argument("name")
+        graphs.add_argument("--min-rows", type=int, default=None,
+                            help=f"Images a value needs for a graph (default {vector_search.GRAPH_MIN_ROWS:,}).")
         drop = sub.add_parser("drop", help="Remove a space that does not serve searches: its vectors and index.")
         drop.add_argument("name")
 
@@ -64,6 +72,8 @@ class Command(BaseCommand):
             graph = space.graph_parameters()
             graph_cell = "-" if graph is None else (f"m={graph[0]} ef_construction={graph[1]}"
                                                     + ("" if graph == current else " (older: models reindex)"))
+            values = space.filter_graphs.count()
+            graph_cell += f", {values} value graph(s)" if values else ""
             rows.append((space.name, spaces.model_label(space), str(space.dimensions), str(status.vectors),
                          f"{status.coverage:.1f}%", human_bytes(status.index_bytes), graph_cell, state))
         widths = [max(len(row[i]) for row in rows) for i in range(len(rows[0]) - 1)]
@@ -109,6 +119,21 @@ class Command(BaseCommand):
         m, ef_construction = EmbeddingSpace.HNSW_M, EmbeddingSpace.HNSW_EF_CONSTRUCTION
         self.stdout.write(f"{name}: graph rebuilt (m={m}, ef_construction={ef_construction})." if rebuilt else
                           f"{name}: the graph already has m={m}, ef_construction={ef_construction}.")
+
+    def _graphs(self, name, min_rows, **_):
+        if min_rows is not None and min_rows < 1:
+            raise CommandError("--min-rows must be at least 1.")
+
+        def report(change):
+            self.stdout.write(f"{name}: {change.action} the graph of {change.column}={change.value} ({change.rows} images)")
+        try:
+            changes = spaces.refresh_filter_graphs(name=name, min_rows=min_rows, report=report)
+        except spaces.SpaceError as error:
+            raise CommandError(str(error)) from None
+        built = sum(change.action == "built" for change in changes)
+        dropped = sum(change.action == "dropped" for change in changes)
+        kept = len(changes) - built - dropped
+        self.stdout.write(f"{name}: {built} graph(s) built, {kept} kept, {dropped} dropped.")
 
     def _drop(self, name, **_):
         try:
