@@ -3,7 +3,7 @@ from django.core.cache import cache
 from django.utils.translation import gettext_lazy as _
 
 from catalog.models import Image
-from catalog.search import MAX_BROWSE_PAGE, MAX_ID, MAX_SIDE, ORIENTATIONS, SearchError
+from catalog.search import MAX_BROWSE_PAGE, MAX_ID, MAX_SIDE, ORIENTATIONS, SearchBusy, SearchError
 from catalog.search_input import REGION_FIELDS, build_filters, build_search_params, build_region, decode_query_image
 
 PAGE_TOP_K_CHOICES = [(n, str(n)) for n in range(1, 31)]
@@ -158,7 +158,8 @@ class SearchForm(forms.Form):
         try:
             image = decode_query_image(upload.read(), region=build_region(cleaned)) if upload else None
         except SearchError as error:
-            self.add_error("image", str(error))
+            code = "busy" if isinstance(error, SearchBusy) else "invalid"  # busy: a 503 (catalog/views/search.py)
+            self.add_error("image", forms.ValidationError(str(error), code=code))
             return cleaned
         try:
             if image is None and not cleaned.get("q") and cleaned.get("similar_to") is None:

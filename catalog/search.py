@@ -52,6 +52,10 @@ class SearchError(ValueError):
     """Bad search input; the message is meant for the user."""
 
 
+class SearchBusy(SearchError):
+    """The server cannot take this search now (every slot for it is taken): a 503, to try again."""
+
+
 class ImageNotFound(SearchError):
     """The image named by ``similar_to`` does not exist (a 404 wherever an image is missing)."""
 

@@ -13,7 +13,7 @@ from django.conf import settings
 from django.utils.translation import gettext as _, gettext_lazy
 
 from catalog.imaging import ImageRejected, decode_image
-from catalog.search import ImageFilters, Region, SearchError, SearchParams
+from catalog.search import ImageFilters, Region, SearchBusy, SearchError, SearchParams
 
 QUERY_IMAGE_MIN_SIDE = 256  # enough for CLIP's 224 px input; big uploads decode at reduced scale
 QUERY_DECODE_WAIT = 10  # seconds a query picture waits for a decode slot before the request is refused
@@ -45,7 +45,7 @@ def query_decode_slot():
     one may cost a few hundred MB, and concurrent requests must not multiply that without bound."""
     slots = _decode_slots(settings.QUERY_DECODES)
     if not slots.acquire(timeout=QUERY_DECODE_WAIT):
-        raise SearchError(_("The server is busy reading other query pictures: try again in a moment."))
+        raise SearchBusy(_("The server is busy reading other query pictures: try again in a moment."))
     try:
         yield
     finally:

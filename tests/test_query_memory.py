@@ -131,13 +131,22 @@ def one_slot(settings, monkeypatch):
 def test_query_upload_waits_for_a_decode_slot_and_is_refused_when_none_frees(api, one_slot):
     with search_input.query_decode_slot():  # another request's decode
         response = search(api, varied_picture(1))
-    assert response.status_code == 400 and "busy" in message(response)
+    # Not the input's fault: a 503 to retry, as when the database restarts.
+    assert response.status_code == 503 and response.json()["error"]["code"] == "busy"
+    assert "busy" in message(response) and int(response["Retry-After"]) > 0
     assert search(api, varied_picture(1)).status_code == 200  # the slot was given back
+
+
+def test_search_page_says_busy_with_a_503_when_no_decode_slot_frees(writer_client, one_slot):
+    upload = SimpleUploadedFile("q.png", varied_picture(1), content_type="image/png")
+    with search_input.query_decode_slot():
+        response = writer_client.post("/", {"image": upload, "search": "image"})
+    assert response.status_code == 503 and b"busy" in response.content and int(response["Retry-After"]) > 0
 
 
 def test_region_of_a_stored_picture_waits_for_a_decode_slot_too(api, one_slot):
     stored = ingest_pictures([("a.png", varied_picture(1, (64, 64)))])[0]
     with search_input.query_decode_slot():
         response = search(api, similar_to=stored.pk, **WHOLE)
-    assert response.status_code == 400 and "busy" in message(response)
+    assert response.status_code == 503 and "busy" in message(response)
     assert search(api, similar_to=stored.pk, **WHOLE).status_code == 200

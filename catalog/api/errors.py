@@ -21,7 +21,7 @@ from rest_framework.response import Response
 from rest_framework.views import exception_handler as drf_exception_handler
 
 from catalog.embedder import EmbedderUnavailable
-from catalog.search import ImageNotFound, SearchError
+from catalog.search import ImageNotFound, SearchBusy, SearchError
 from catalog.uploads import BodyTooLarge, body_too_large_message
 
 
@@ -70,6 +70,9 @@ def api_exception_handler(exc, context):
     problem = request_problem(exc)
     if problem:
         return Response(error_body(*problem), status=problem[0])
+    if isinstance(exc, SearchBusy):
+        return Response(error_body(503, "busy", str(exc)), status=status.HTTP_503_SERVICE_UNAVAILABLE,
+                        headers={"Retry-After": str(RETRY_AFTER_SECONDS)})
     if isinstance(exc, ImageNotFound):
         exc = exceptions.NotFound(str(exc))
     elif isinstance(exc, SearchError):

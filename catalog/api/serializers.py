@@ -5,7 +5,7 @@ from django.utils.translation import gettext as _, gettext_lazy
 from rest_framework import serializers
 
 from catalog.models import Image
-from catalog.search import MAX_ATTRIBUTE_FILTERS, MAX_ID, MAX_PAGE, MAX_SIDE, MAX_TOP_K, MIN_REGION_SIDE, ORIENTATIONS, SearchError
+from catalog.search import MAX_ATTRIBUTE_FILTERS, MAX_ID, MAX_PAGE, MAX_SIDE, MAX_TOP_K, MIN_REGION_SIDE, ORIENTATIONS, SearchBusy, SearchError
 from catalog.vector_search import MAX_DEPTH
 from catalog.search_input import (build_filters, build_region, build_search_params, decode_base64_image,
                                    decode_query_image)
@@ -130,6 +130,8 @@ class SimilarQuerySerializer(ImageFilterSerializer):
             attrs["similar_to"] = self.context["similar_to"]
         try:
             attrs["params"] = build_search_params(attrs, image=self._query_image(attrs))
+        except SearchBusy:
+            raise  # a 503 (catalog/api/errors.py), not the input's fault
         except SearchError as error:
             raise serializers.ValidationError(str(error)) from None
         return attrs

@@ -8,9 +8,10 @@ from django.views.decorators.csrf import csrf_exempt
 from catalog.accounts.access import can_read, request_user
 from catalog.accounts.throttling import throttled_page
 
+from catalog.api.errors import RETRY_AFTER_SECONDS
 from catalog.embedder import EmbedderUnavailable
 from catalog.forms import SearchForm
-from catalog.search import ImageNotFound, SearchError, images_browse, images_search, stored_image
+from catalog.search import ImageNotFound, SearchBusy, SearchError, images_browse, images_search, stored_image
 from catalog.search_input import preview_data_url
 
 
@@ -49,8 +50,9 @@ def search_page(request: HttpRequest) -> HttpResponse:
                 context["results"] = images_search(params=cleaned["params"])
         except EmbedderUnavailable as error:
             context["error"], status = str(error), 503
-        except SearchError as error:  # the same statuses as the API: a missing image is 404
-            context["error"], status = str(error), 404 if isinstance(error, ImageNotFound) else 400
+        except SearchError as error:  # the same statuses as the API: a missing image is 404, busy 503
+            context["error"] = str(error)
+            status = 404 if isinstance(error, ImageNotFound) else 503 if isinstance(error, SearchBusy) else 400
         results = context["results"]
         if results is not None and results.hits:
             size = cleaned["top_k"]
@@ -65,8 +67,11 @@ def search_page(request: HttpRequest) -> HttpResponse:
         if request.method == "GET":
             context["page_query"] = _query_without_page(request)  # uploads can't be re-sent by a link
     else:
-        status = 400
-    return render(request, "catalog/search.html", context, status=status)
+        status = 503 if form.has_error("image", code="busy") else 400
+    response = render(request, "catalog/search.html", context, status=status)
+    if status == 503:
+        response["Retry-After"] = str(RETRY_AFTER_SECONDS)
+    return response
 
 
 def _query_without_page(request: HttpRequest) -> str:
