@@ -456,3 +456,21 @@ def test_reindex_goes_on_after_an_interrupted_run():
     assert spaces.reindex(name=space.name) is True
     assert space.graph_parameters() == (EmbeddingSpace.HNSW_M, EmbeddingSpace.HNSW_EF_CONSTRUCTION)
     assert space.has_index()
+
+
+def test_reindex_refuses_while_another_process_builds_the_spaces_graphs():
+    from django.db import connections
+
+    ingest_pictures([("a.png", varied_picture(1))])
+    space = spaces.active_space()
+    _rebuild_as(space, m=16, ef_construction=128)
+    other = connections.create_connection("default")  # another process's session
+    try:
+        with other.cursor() as cursor:
+            cursor.execute("SELECT pg_advisory_lock(hashtext('catalog.graphs'), hashtext(%s))", [space.name])
+        with pytest.raises(CommandError, match="Another process is building"):
+            models("reindex", space.name)
+        assert space.graph_parameters() == (16, 128)  # untouched
+    finally:
+        other.close()
+    assert spaces.reindex(name=space.name) is True
