@@ -273,7 +273,9 @@ def _create_index_if_missing(index, *, concurrently: bool) -> None:
     with connection.schema_editor(atomic=False) as editor:
         sql = str(index.create_sql(Embedding, editor, concurrently=concurrently))
         head = "CREATE INDEX CONCURRENTLY" if concurrently else "CREATE INDEX"
-        editor.execute(sql.replace(head, head + " IF NOT EXISTS", 1))
+        # No parameters: the statement holds its literals already, and a "%" in one (a city in a
+        # value graph's WHERE) is then not taken for a placeholder.
+        editor.execute(sql.replace(head, head + " IF NOT EXISTS", 1), params=None)
 
 
 def _left_invalid(name: str) -> bool:

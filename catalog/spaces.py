@@ -282,6 +282,11 @@ def drop(*, name: str) -> int:
     batches, each its own short transaction. Interrupted, it is safe to run again. Concurrent
     imports never fail on it: they store vectors only into spaces they find (and lock against
     deletion) in their store transaction (catalog/ingest/pipeline.py)."""
+    with _graph_builds_lock(name):
+        return _drop(name)
+
+
+def _drop(name: str) -> int:
     with transaction.atomic():
         space = _lock_spaces().get(name)
         if space is None:
@@ -336,11 +341,13 @@ def refresh_filter_graphs(*, name: str, min_rows: int | None = None, report=lamb
     it down to half of that and up to a tenth more of the space. Graphs are built CONCURRENTLY, one at a time,
     while searches and imports go on; a search uses one only once its row exists. ``report`` is
     called after each change. Interrupted, running it again goes on."""
-    space = EmbeddingSpace.objects.filter(name=name).first()
-    if space is None:
-        raise SpaceError(f"No embedding space is called {name!r} (see manage.py models).")
     min_rows = vector_search.GRAPH_MIN_ROWS if min_rows is None else min_rows
+    if min_rows < 1:
+        raise SpaceError("A value needs at least 1 image for a graph.")
     with _graph_builds_lock(name):
+        space = EmbeddingSpace.objects.filter(name=name).first()  # read under the lock: drop takes it too
+        if space is None:
+            raise SpaceError(f"No embedding space is called {name!r} (see manage.py models).")
         size = Embedding.objects.filter(space=space).count()
         counts = _filter_value_counts(space)
         existing = {(g.column, g.value): g for g in FilterGraph.objects.filter(space=space)}
@@ -360,9 +367,11 @@ def refresh_filter_graphs(*, name: str, min_rows: int | None = None, report=lamb
                 continue
             action = "built" if graph is None else "kept"
             graph = graph or FilterGraph(space=space, column=column, value=value, rows=rows)
-            graph.build_index(space)  # a no-op for a valid one; repairs one a killed build left
             graph.rows = rows
-            graph.save()  # only now do searches see it
+            # The row first: an index never lacks one (searches skip a row whose index is missing or
+            # invalid, vector_search._graphs_of), so a failed build is simply built again next time.
+            graph.save()
+            graph.build_index(space)  # a no-op for a valid one; repairs one a killed build left
             changes.append(GraphChange(action, column, value, rows))
             report(changes[-1])
     vector_search.forget_space(space.pk)
@@ -385,19 +394,23 @@ def _filter_value_counts(space: EmbeddingSpace) -> dict[tuple[str, str], int]:
              .values_list("year").annotate(n=Count("pk")))
     for year, rows in years:
         if 1 <= year <= 9998:
-            counts[(FilterGraph.Column.YEAR.value, str(year))] = rows
+            counts[(FilterGraph.Column.YEAR.value, f"{year:04d}")] = rows
     return counts
 
 
 @contextmanager
 def _graph_builds_lock(name: str):
-    """One graph build per space at a time (two CREATE INDEX CONCURRENTLY on one table deadlock)."""
+    """One graph build (or drop) per space at a time: two CREATE INDEX CONCURRENTLY on one table
+    deadlock, and a graph built while its space is dropped would outlive it."""
+    # In a transaction (tests, a caller's atomic block) the lock goes with it, even if it aborts.
+    scope = "_xact" if connection.in_atomic_block else ""
     with connection.cursor() as cursor:
-        cursor.execute("SELECT pg_try_advisory_lock(hashtext('catalog.graphs'), hashtext(%s))", [name])
+        cursor.execute(f"SELECT pg_try_advisory{scope}_lock(hashtext('catalog.graphs'), hashtext(%s))", [name])
         if not cursor.fetchone()[0]:
             raise SpaceError(f"Another process is building {name}'s graphs; run it again once it is done.")
     try:
         yield
     finally:
-        with connection.cursor() as cursor:
-            cursor.execute("SELECT pg_advisory_unlock(hashtext('catalog.graphs'), hashtext(%s))", [name])
+        if not scope:
+            with connection.cursor() as cursor:
+                cursor.execute("SELECT pg_advisory_unlock(hashtext('catalog.graphs'), hashtext(%s))", [name])

@@ -489,7 +489,7 @@ def _split_years(conditions: list, graphs: dict) -> _Split | None:
         whole = not others and part_low == start and part_high == end
         if cursor is None or cursor < part_low:
             uncovered.append((cursor, part_low))
-        parts.append((f"year={year}", graphs[("year", str(year))],
+        parts.append((f"year={year:04d}", graphs[("year", f"{year:04d}")],
                       _and([*others, ("taken_at__gte", part_low), ("taken_at__lt", part_high)]), whole))
         cursor = part_high
     if not parts:

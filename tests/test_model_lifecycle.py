@@ -474,3 +474,20 @@ def test_reindex_refuses_while_another_process_builds_the_spaces_graphs():
     finally:
         other.close()
     assert spaces.reindex(name=space.name) is True
+
+
+def test_drop_refuses_while_another_process_builds_the_spaces_graphs():
+    from django.db import connections
+
+    space = EmbeddingSpace.objects.ensure(name="test/dropped-with-graphs", dimensions=8)
+    other = connections.create_connection("default")
+    try:
+        with other.cursor() as cursor:
+            cursor.execute("SELECT pg_advisory_lock(hashtext('catalog.graphs'), hashtext(%s))", [space.name])
+        with pytest.raises(spaces.SpaceError, match="Another process is building"):
+            spaces.drop(name=space.name)
+        assert EmbeddingSpace.objects.filter(pk=space.pk).exists()
+    finally:
+        other.close()
+    spaces.drop(name=space.name)
+    assert not EmbeddingSpace.objects.filter(pk=space.pk).exists()
