@@ -233,9 +233,10 @@ class FilterGraph(models.Model):
         return filter_value_q(self.column, self.value)
 
     def hnsw_index(self, space: EmbeddingSpace) -> HnswIndex:
-        return HnswIndex(OpClass(space.typed_vector(), name="halfvec_ip_ops"), name=self.index_name,
-                         condition=Q(space_id=space.pk) & self.condition(),
-                         m=space.HNSW_M, ef_construction=space.HNSW_EF_CONSTRUCTION)
+        """The space's own graph, narrowed to this value's rows."""
+        index = space.hnsw_index()
+        index.name, index.condition = self.index_name, index.condition & self.condition()
+        return index
 
     def build_index(self, space: EmbeddingSpace) -> None:
         """Build its graph (CONCURRENTLY outside a transaction); one a killed build left invalid is
