@@ -1,0 +1,172 @@
+"""A filtered search whose plan has several parts (value graphs) walks them side by side, each on its
+own database connection (``settings.SEARCH_PARALLEL``), and merges them into the same ranking as one
+after the other. The rows are committed (other connections see nothing else), so this module's tests
+are transactional and drop their space at the end.
+"""
+
+from __future__ import annotations
+
+import threading
+import time
+
+import numpy as np
+import pytest
+from django.db import connection, transaction
+
+from bench.clustered import exact_neighbours, filter_cases, image_ids_of, load_collection, make_collection, make_queries
+from catalog import spaces, vector_search
+from catalog.vector_search import nearest, plan_for
+
+pytestmark = pytest.mark.django_db(transaction=True)
+
+ROWS = 3_000
+DIMS = 32
+# The shipped limits as shares of a million images (as in test_filtered_search.py), so that filters
+# split across value graphs at this size.
+SCALED = {"EXACT_MIN_ROWS": ROWS // 50, "EXACT_SHARE": 0.30, "EXACT_MAX_ROWS": ROWS * 2 // 5}
+
+
+@pytest.fixture
+def graphed(monkeypatch):
+    for name, value in SCALED.items():
+        monkeypatch.setattr(vector_search, name, value)
+    collection = make_collection(ROWS, dims=DIMS, seed=5)
+    with transaction.atomic():
+        space, image_ids = load_collection(collection, space_name="test/side-by-side")
+    spaces.refresh_filter_graphs(name=space.name, min_rows=ROWS * 3 // 200)
+    vector_search.forget_space(space.pk)
+    yield collection, space, image_ids
+    vector_search.forget_space(space.pk)
+    spaces.drop(name=space.name)  # its value graphs' indexes too, which a flush would leave behind
+
+
+def _truth(collection, case, query, k: int, image_ids) -> list[int]:
+    """The exact top k over the half-precision values the database holds."""
+    half = collection.vectors.astype(np.float16).astype(np.float32)
+    scores = half @ np.asarray(query, dtype=np.float16).astype(np.float32)
+    return image_ids_of(exact_neighbours(collection, case.mask, query, k, scores=scores), image_ids)
+
+
+def _several_graph_cases(collection, space):
+    cases = [case for case in filter_cases(collection)
+             if sum(bool(part.graph) for part in plan_for(space=space, image_filter=case.filters.embedding_q()).parts) > 1]
+    assert cases, "no filter case splits across several value graphs"
+    return cases
+
+
+def test_the_parts_of_a_plan_run_on_their_own_connections_and_merge_into_one_ranking(graphed, settings, monkeypatch):
+    collection, space, image_ids = graphed
+    queries = make_queries(collection, 3, seed=7)
+    ran = []
+    rank = vector_search._rank
+
+    def recording(part, *args):
+        ran.append((threading.current_thread().name, connection.connection.info.backend_pid))
+        if len(ran) == 1 and threading.current_thread() is threading.main_thread():
+            time.sleep(0.2)  # the search's own thread is slow: a helper surely takes a part meanwhile
+        return rank(part, *args)
+
+    monkeypatch.setattr(vector_search, "_rank", recording)
+    connection.ensure_connection()
+    own_pid = connection.connection.info.backend_pid
+    for case in _several_graph_cases(collection, space):
+        image_filter = case.filters.embedding_q()
+        for q, query in enumerate(queries):
+            settings.SEARCH_PARALLEL = 1
+            ran.clear()
+            one_by_one = nearest(space=space, vector=query, image_filter=image_filter, offset=0, limit=30)
+            assert ran and set(ran) == {(threading.current_thread().name, own_pid)}
+            ran.clear()
+            settings.SEARCH_PARALLEL = 2
+            side_by_side = nearest(space=space, vector=query, image_filter=image_filter, offset=0, limit=30)
+            assert len(ran) == len(plan_for(space=space, image_filter=image_filter).parts), case.label
+            helped = [(name, pid) for name, pid in ran if name.startswith("search-part")]
+            assert helped and all(pid != own_pid for _, pid in helped), ran  # a helper, its own connection
+            assert set(ran) - set(helped) <= {(threading.main_thread().name, own_pid)}, ran
+            assert side_by_side == one_by_one, case.label
+            distances = [n.distance for n in side_by_side]
+            assert distances == sorted(distances)
+            truth = _truth(collection, case, query, 30, image_ids)
+            found = [n.image_id for n in side_by_side]
+            assert len(set(found) & set(truth)) >= 0.9 * len(truth), case.label
+
+
+def test_walks_that_give_up_side_by_side_are_ranked_exactly(graphed, settings, monkeypatch):
+    collection, space, image_ids = graphed
+    settings.SEARCH_PARALLEL = 3
+    monkeypatch.setattr(vector_search, "MAX_SCAN_TUPLES", 5)  # every walk gives up at once
+    case = _several_graph_cases(collection, space)[0]
+    for query in make_queries(collection, 2, seed=8):
+        found = nearest(space=space, vector=query, image_filter=case.filters.embedding_q(), offset=0, limit=30)
+        truth = _truth(collection, case, query, 30, image_ids)
+        assert [n.image_id for n in found] == truth, case.label
+
+
+def test_a_search_inside_a_transaction_or_collapsing_groups_stays_on_its_own_connection(graphed, settings,
+                                                                                        monkeypatch):
+    collection, space, image_ids = graphed
+    settings.SEARCH_PARALLEL = 4
+
+    def refuse(*args):
+        raise AssertionError("another connection cannot see this transaction's rows")
+
+    monkeypatch.setattr(vector_search, "_side_by_side", refuse)
+    case = _several_graph_cases(collection, space)[0]
+    query = make_queries(collection, 1, seed=9)[0]
+    nearest(space=space, vector=query, image_filter=case.filters.embedding_q(), offset=0, limit=10,
+            collapse_groups=True)
+    with transaction.atomic():
+        found = nearest(space=space, vector=query, image_filter=case.filters.embedding_q(), offset=0, limit=10)
+    assert len(found) == min(10, int(np.sum(case.mask)))
+
+
+def test_a_part_counted_while_it_is_walked_keeps_the_plan_its_count_decides(graphed, settings, monkeypatch):
+    collection, space, image_ids = graphed
+    settings.SEARCH_PARALLEL = 2
+    # Every part of a value graph with more conditions is guessed to be walked, so that the cases whose
+    # count says "rank exactly" show a guess undone.
+    monkeypatch.setattr(vector_search, "_estimated_rows", lambda queryset: 10**9)
+    ranked = []
+    rank = vector_search._rank
+    monkeypatch.setattr(vector_search, "_rank", lambda part, *args: ranked.append(part) or rank(part, *args))
+    outcomes = set()
+    for case in filter_cases(collection):
+        image_filter = case.filters.embedding_q()
+        guessed = [p for p in plan_for(space=space, image_filter=image_filter, count_later=True).parts if p.walk_from]
+        if not guessed:
+            continue
+        counted = plan_for(space=space, image_filter=image_filter)  # counted first, as one after the other does
+        for query in make_queries(collection, 2, seed=10):
+            ranked.clear()
+            found = nearest(space=space, vector=query, image_filter=image_filter, offset=0, limit=30)
+            # Guessed parts are walked at once; those the count sends to exact ranking are ranked exactly
+            # too, and those are the parts that counting first ranks exactly.
+            assert {part.image_filter for part in ranked if part.exact} == \
+                {part.image_filter for part in counted.parts if part.exact}, case.label
+            assert {part.image_filter for part in ranked if part.walk_from} == \
+                {part.image_filter for part in guessed}, case.label
+            truth = _truth(collection, case, query, 30, image_ids)
+            assert [n.distance for n in found] == sorted(n.distance for n in found)
+            assert len({n.image_id for n in found} & set(truth)) >= 0.9 * len(truth), case.label
+        outcomes |= {part.exact for part in counted.parts if part.image_filter in {g.image_filter for g in guessed}}
+    assert outcomes == {True, False}, "the cases should include a guess kept and a guess undone"
+
+
+def test_a_search_whose_helpers_are_all_busy_runs_its_parts_itself(graphed, settings):
+    collection, space, image_ids = graphed
+    settings.SEARCH_PARALLEL = 2
+    case = _several_graph_cases(collection, space)[0]
+    query = make_queries(collection, 1, seed=12)[0]
+    settings.SEARCH_PARALLEL = 1
+    one_by_one = nearest(space=space, vector=query, image_filter=case.filters.embedding_q(), offset=0, limit=20)
+    settings.SEARCH_PARALLEL = 2
+    release = threading.Event()
+    busy = vector_search._helpers().submit(release.wait, 60)  # the only helper, taken by "another search"
+    try:
+        started = time.monotonic()
+        found = nearest(space=space, vector=query, image_filter=case.filters.embedding_q(), offset=0, limit=20)
+        assert time.monotonic() - started < 30  # did not wait for the helper
+        assert not busy.done()
+    finally:
+        release.set()
+    assert found == one_by_one
