@@ -48,7 +48,7 @@ from dataclasses import dataclass, field
 import numpy as np
 
 from django.conf import settings
-from django.db import connections, transaction
+from django.db import OperationalError, connections, transaction
 from django.db.models import BooleanField, Q, QuerySet, Value
 from django.db.models.expressions import RawSQL
 from django.db.models.functions import Cast
@@ -95,6 +95,10 @@ GRAPH_MIN_ROWS = 15_000  # exact ranking of 20,000 scattered rows came to 47-52 
 GRAPH_MAX_SHARE = 0.5  # a value past it is most of its space: the space's graph serves it as well
 GRAPH_SHARE = 0.30
 EF_SEARCH_GRAPH = 800
+HELPER_CONNECTION_MAX_AGE = 60.0  # seconds a helper keeps its connection at least
+HELPER_LOCK_TIMEOUT = "100ms"  # a helper that cannot lock the table hands its part back (see _rank_alone)
+LOCK_NOT_AVAILABLE = "55P03"  # SQLSTATE of lock_timeout
+QUERY_CANCELED = "57014"
 SPACE_SIZE_TTL = 60.0     # seconds a process trusts its estimate of a space's size (and how its graph was built)
 
 _space_sizes: dict[tuple[str, int], tuple[float, int]] = {}
@@ -186,10 +190,7 @@ def plan_for(*, space: EmbeddingSpace, image_filter: Q, using: str = "default", 
         share_limit = max(1, round(GRAPH_SHARE * rows))
         matched = _matched(space, part_filter, using)
         ef_search = round(min(EF_SEARCH_MAX, EF_SEARCH_GRAPH / GRAPH_SHARE ** 0.75))
-        if count_later and _estimated_rows(matched) >= share_limit / 2:
-            # The estimate (of correlated columns: off by 25% for a city and a date range) only picks
-            # what starts first: the count still decides, and a wrong guess costs one walk's time
-            # (at most hnsw.max_scan_tuples rows), never a row.
+        if count_later and _likely_walked(matched, share_limit):
             parts.append(Part(part_filter, exact=False, ef_search=ef_search, graph=label, walk_from=share_limit))
             continue
         matching, ids = _graph_share(matched, share_limit, using)
@@ -236,6 +237,13 @@ def _part(space: EmbeddingSpace, image_filter: Q, size: int, limit: int, using: 
     # More than ``limit`` match: the planner's estimate, never below what was counted, sizes ef_search.
     selectivity = min(1.0, max(matching, _estimated_rows(matched)) / max(size, 1))
     return Part(image_filter, exact=False, matching=matching, ef_search=_filtered_ef_search(selectivity))
+
+
+def _likely_walked(matched: QuerySet, share_limit: int) -> bool:
+    """Whether a graph's part is worth walking before it is counted. The estimate (of correlated
+    columns: 25% low for a city and a date range) only picks what starts first: the count still
+    decides, and a wrong guess costs at most one walk, never a row."""
+    return _estimated_rows(matched) >= share_limit / 2
 
 
 def _graph_share(matched: QuerySet, share_limit: int, using: str) -> tuple[int, str | None]:
@@ -333,6 +341,7 @@ def _rank(part: Part, in_space: QuerySet, query, space: EmbeddingSpace, page: _P
 
 _pool: tuple[tuple[int, int], ThreadPoolExecutor] | None = None  # ((pid, threads), pool)
 _pool_lock = threading.Lock()
+_helper_connections: set = set()  # the helpers' DatabaseWrappers that have connected
 
 
 def _helpers() -> ThreadPoolExecutor:
@@ -362,16 +371,44 @@ def _side_by_side(parts: list[Part], in_space: QuerySet, query, space: Embedding
     waiting = undecided + [i for i in range(len(parts)) if i not in undecided]  # nobody has started these
     lock = threading.Lock()
 
-    def take() -> tuple[int, Part] | None:
+    def take(helper: bool = False) -> tuple[int, Part] | None:
         with lock:
             if not waiting:
                 return None
             i = waiting.pop(0)
+            if helper:
+                running[i] = None  # taken; its connection once open
             return i, parts[i]
 
+    given_back: list[int] = []  # parts a helper could not finish: this thread, which holds the locks, ranks them
+    running: dict[int, object] = {}  # parts a helper took: its connection, to cancel a needless walk
+    needless: set[int] = set()  # parts taken by a helper that their count sent to exact ranking
+
     def help_out() -> None:  # on a helper thread, with its own connection
-        while (taken := take()) is not None:
-            walked[taken[0]] = _rank_alone(taken[1], in_space, query, space, page, using)
+        while (taken := take(helper=True)) is not None:
+            i, part = taken
+            connection = connections[using]
+
+            def started() -> None:
+                with lock:
+                    if i in needless:
+                        raise _Needless
+                    running[i] = connection.connection
+
+            try:
+                walked[i] = _rank_alone(part, in_space, query, space, page, using, started=started)
+            except _Needless:
+                continue
+            except OperationalError as error:
+                # A lock it must not wait for, or a cancel (meant for this part, or late, for one before).
+                if getattr(error.__cause__, "sqlstate", None) not in (LOCK_NOT_AVAILABLE, QUERY_CANCELED):
+                    raise
+                with lock:
+                    given_back.append(i)
+                return
+            finally:
+                with lock:
+                    running.pop(i, None)
 
     helpers = [_helpers().submit(help_out) for _ in range(min(len(parts), settings.SEARCH_PARALLEL - 1))]
     try:
@@ -383,14 +420,21 @@ def _side_by_side(parts: list[Part], in_space: QuerySet, query, space: Embedding
                     parts[i] = Part(part.image_filter, exact=False, matching=matching, ef_search=part.ef_search,
                                     graph=part.graph)
                     continue
-                # Too few of the graph's rows for its walk: its walk is dropped, or never starts.
+                # Too few of the graph's rows for its walk (a walk that may run to hnsw.max_scan_tuples):
+                # it never starts, or is cancelled.
                 parts[i] = Part(part.image_filter, exact=True, matching=matching, image_ids=ids)
                 if i in waiting:
                     waiting.remove(i)
+                elif i in running:
+                    needless.add(i)
+                    if running[i] is not None:
+                        running[i].cancel_safe(timeout=5)
             exact[i] = list(_rank(parts[i], in_space, query, space, page, using))
         while (taken := take()) is not None:
             walked[taken[0]] = list(_rank(taken[1], in_space, query, space, page, using))
     finally:
+        with lock:
+            waiting.clear()  # after an error here, helpers start nothing more
         # A helper not started yet (all busy with other searches) is cancelled: this thread took its
         # parts. (wait() would wait for a cancelled one until the pool reached it.) The others are
         # waited for: no walk outlives its search, one its count made needless included.
@@ -398,22 +442,60 @@ def _side_by_side(parts: list[Part], in_space: QuerySet, query, space: Embedding
         wait(started)
     for helper in started:
         helper.result()  # a helper's error (the database gone) is this search's
+    for i in given_back:
+        if i not in exact:
+            walked[i] = list(_rank(parts[i], in_space, query, space, page, using))
     return [exact[i] if i in exact else walked[i] for i in range(len(parts))]
 
 
-def _rank_alone(part: Part, in_space: QuerySet, query, space: EmbeddingSpace, page: _Page, using: str) -> list:
-    """One part's rows on this (pool) thread's own connection, in its own read-only transaction."""
+class _Needless(Exception):
+    """A helper's part that its count sent to exact ranking before its walk started."""
+
+
+def _rank_alone(part: Part, in_space: QuerySet, query, space: EmbeddingSpace, page: _Page, using: str, *,
+                started=lambda: None) -> list:
+    """One part's rows on this helper thread's own connection, in its own transaction (rolled back);
+    ``started()`` is called once the connection is open."""
     connection = connections[using]
-    # No request starts or ends on this thread: keep its connection as Django keeps a request's
-    # (IMAGESEARCH_DB_CONN_MAX_AGE, health checks), closed when old or broken.
+    # No request starts or ends on this thread: its connection is checked here, closed when broken
+    # or past its age, and kept between parts even where IMAGESEARCH_DB_CONN_MAX_AGE is 0 (a new
+    # connection for each part cost more than ranking side by side won): a fixed set, one per
+    # helper and database.
     connection.close_if_unusable_or_obsolete()
-    try:
-        with transaction.atomic(using=using):
-            rows = list(_rank(part, in_space, query, space, page, using))
-            transaction.set_rollback(True, using=using)
-        return rows
-    finally:
-        connection.close_if_unusable_or_obsolete()
+    if connection.connection is None:
+        connection.ensure_connection()
+        if connection.close_at is not None:
+            connection.close_at = max(connection.close_at, time.monotonic() + HELPER_CONNECTION_MAX_AGE)
+        with _pool_lock:
+            _helper_connections.add(connection)
+    started()
+    with transaction.atomic(using=using):
+        # Never wait for a lock: a lock request queued behind the search's own transaction (a
+        # migration, a DROP INDEX, a replica replaying one) would wait for it, and it for this
+        # helper, a cycle through Python that PostgreSQL's deadlock detector cannot see.
+        _set_local(using, lock_timeout=HELPER_LOCK_TIMEOUT)
+        rows = list(_rank(part, in_space, query, space, page, using))
+        transaction.set_rollback(True, using=using)
+    return rows
+
+
+def close_helper_connections() -> None:
+    """Close the helpers' connections and let their threads go (new ones start when next needed,
+    with the database settings of then), while no search runs: for tests, before their database goes
+    or an alias changes."""
+    global _pool
+    with _pool_lock:
+        opened = list(_helper_connections)
+        _helper_connections.clear()
+        if _pool is not None:
+            _pool[1].shutdown(wait=False)
+            _pool = None
+    for connection in opened:
+        connection.inc_thread_sharing()  # closed from this thread while its helper is idle
+        try:
+            connection.close()
+        finally:
+            connection.dec_thread_sharing()
 
 
 def _opened(ranked):

@@ -17,6 +17,7 @@ from pathlib import Path
 import pytest
 from django.db import connections
 
+from catalog import vector_search
 from imagesearch import replicas
 from tests.conftest import ingest_pictures, varied_picture
 
@@ -87,6 +88,7 @@ def register_replica(alias: str, **settings_dict) -> None:
 
 
 def unregister_replica(alias: str) -> None:
+    vector_search.close_helper_connections()  # search helpers' threads hold their own wrappers of the alias
     connections[alias].close()
     del connections.settings[alias]
     if hasattr(connections._connections, alias):

@@ -36,6 +36,7 @@ def graphed(monkeypatch):
     spaces.refresh_filter_graphs(name=space.name, min_rows=ROWS * 3 // 200)
     vector_search.forget_space(space.pk)
     yield collection, space, image_ids
+    vector_search.close_helper_connections()  # kept open between parts: none may outlive the test database
     vector_search.forget_space(space.pk)
     spaces.drop(name=space.name)  # its value graphs' indexes too, which a flush would leave behind
 
@@ -125,7 +126,7 @@ def test_a_part_counted_while_it_is_walked_keeps_the_plan_its_count_decides(grap
     settings.SEARCH_PARALLEL = 2
     # Every part of a value graph with more conditions is guessed to be walked, so that the cases whose
     # count says "rank exactly" show a guess undone.
-    monkeypatch.setattr(vector_search, "_estimated_rows", lambda queryset: 10**9)
+    monkeypatch.setattr(vector_search, "_likely_walked", lambda matched, share_limit: True)
     ranked = []
     rank = vector_search._rank
     monkeypatch.setattr(vector_search, "_rank", lambda part, *args: ranked.append(part) or rank(part, *args))
@@ -170,3 +171,146 @@ def test_a_search_whose_helpers_are_all_busy_runs_its_parts_itself(graphed, sett
     finally:
         release.set()
     assert found == one_by_one
+
+
+def test_a_search_ends_while_a_table_lock_waits_behind_it(graphed, settings, monkeypatch):
+    """A lock request queued behind the search's transaction (a migration, a plain DROP INDEX) must not
+    wait for the search while the search waits for a helper queued behind that request."""
+    collection, space, image_ids = graphed
+    settings.SEARCH_PARALLEL = 2
+    case = _several_graph_cases(collection, space)[0]
+    query = make_queries(collection, 1, seed=13)[0]
+    outcome = []
+
+    def lock_the_table():
+        try:
+            with transaction.atomic(), connection.cursor() as cursor:
+                cursor.execute("SET LOCAL lock_timeout = '20s'")
+                cursor.execute("LOCK TABLE catalog_embedding IN ACCESS EXCLUSIVE MODE")
+            outcome.append("granted")
+        finally:
+            connection.close()
+
+    locker = threading.Thread(target=lock_the_table)
+    rank = vector_search._rank
+
+    def queue_the_lock_first(part, *args):
+        # The search's transaction holds its share lock (it planned); the exclusive request queues.
+        if not locker.is_alive() and locker.ident is None:
+            locker.start()
+            with connection.cursor() as cursor:
+                for _ in range(500):
+                    cursor.execute("SELECT count(*) FROM pg_locks WHERE relation = 'catalog_embedding'::regclass"
+                                   " AND mode = 'AccessExclusiveLock' AND NOT granted")
+                    if cursor.fetchone()[0]:
+                        break
+                    time.sleep(0.01)
+        return rank(part, *args)
+
+    monkeypatch.setattr(vector_search, "_rank", queue_the_lock_first)
+    started = time.monotonic()
+    found = nearest(space=space, vector=query, image_filter=case.filters.embedding_q(), offset=0, limit=20)
+    assert time.monotonic() - started < 10  # before: until the lock request's own timeout (or forever)
+    locker.join(30)
+    assert outcome == ["granted"]
+    truth = _truth(collection, case, query, 20, image_ids)
+    assert len({n.image_id for n in found} & set(truth)) >= 0.9 * len(truth)  # the helper's part, ranked here
+
+
+def test_an_error_on_the_search_thread_stops_its_helpers(graphed, settings, monkeypatch):
+    from django.db import DatabaseError
+
+    collection, space, image_ids = graphed
+    settings.SEARCH_PARALLEL = 2
+    case = max(_several_graph_cases(collection, space),
+               key=lambda c: len(plan_for(space=space, image_filter=c.filters.embedding_q()).parts))
+    assert len(plan_for(space=space, image_filter=case.filters.embedding_q()).parts) >= 3
+    rank = vector_search._rank
+    failed = threading.Event()
+    after = []
+
+    def fail_here(part, *args):
+        if threading.current_thread() is threading.main_thread():
+            time.sleep(0.05)
+            failed.set()
+            raise DatabaseError("canceling statement due to statement timeout")
+        if failed.is_set():
+            after.append(part)
+        time.sleep(0.1)  # a walk
+        return rank(part, *args)
+
+    monkeypatch.setattr(vector_search, "_rank", fail_here)
+    with pytest.raises(DatabaseError):
+        nearest(space=space, vector=make_queries(collection, 1, seed=14)[0],
+                image_filter=case.filters.embedding_q(), offset=0, limit=20)
+    assert len(after) <= 1  # the part a helper held when the search failed, and no other
+
+
+def test_a_helper_keeps_its_connection_between_searches_until_closed(graphed, settings, monkeypatch):
+    collection, space, image_ids = graphed
+    settings.SEARCH_PARALLEL = 2
+    assert connection.settings_dict["CONN_MAX_AGE"] == 0  # a request's connection would close after it
+    helper_pids = []
+    rank = vector_search._rank
+
+    def recording(part, *args):
+        if threading.current_thread().name.startswith("search-part"):
+            helper_pids.append(connection.connection.info.backend_pid)
+        else:
+            time.sleep(0.05)  # a helper surely takes a part
+        return rank(part, *args)
+
+    monkeypatch.setattr(vector_search, "_rank", recording)
+    case = _several_graph_cases(collection, space)[0]
+    for query in make_queries(collection, 3, seed=15):
+        nearest(space=space, vector=query, image_filter=case.filters.embedding_q(), offset=0, limit=10)
+    assert len(helper_pids) >= 3 and len(set(helper_pids)) == 1, helper_pids  # one connection, reused
+
+    def open_backends():
+        with connection.cursor() as cursor:
+            cursor.execute("SELECT count(*) FROM pg_stat_activity WHERE pid = %s", [helper_pids[0]])
+            return cursor.fetchone()[0]
+
+    assert open_backends() == 1
+    vector_search.close_helper_connections()
+    for _ in range(100):  # the backend exits just after its client closes
+        if not open_backends():
+            break
+        time.sleep(0.02)
+    assert open_backends() == 0
+
+
+def test_a_walk_its_count_made_needless_is_cancelled(graphed, settings, monkeypatch):
+    collection, space, image_ids = graphed
+    settings.SEARCH_PARALLEL = 2
+    monkeypatch.setattr(vector_search, "_likely_walked", lambda matched, share_limit: True)
+    case = next(c for c in filter_cases(collection)
+                if any(p.walk_from for p in plan_for(space=space, image_filter=c.filters.embedding_q(),
+                                                     count_later=True).parts)
+                and all(p.exact for p in plan_for(space=space, image_filter=c.filters.embedding_q()).parts))
+    rank = vector_search._rank
+    cancelled = []
+
+    def slow_walk(part, *args):
+        if part.walk_from is not None:  # the guessed walk, on a helper: as slow as a walk can get
+            try:
+                with connection.cursor() as cursor:
+                    cursor.execute("SELECT pg_sleep(20)")
+            except Exception as error:
+                cancelled.append(type(error.__cause__).__name__)
+                raise
+        return rank(part, *args)
+
+    monkeypatch.setattr(vector_search, "_rank", slow_walk)
+    graph_share = vector_search._graph_share
+    monkeypatch.setattr(vector_search, "_graph_share",
+                        lambda *args: time.sleep(0.5) or graph_share(*args))  # the walk surely started
+    query = make_queries(collection, 1, seed=16)[0]
+    started = time.monotonic()
+    found = nearest(space=space, vector=query, image_filter=case.filters.embedding_q(), offset=0, limit=20)
+    assert time.monotonic() - started < 10, "the search waited for a walk it did not need"
+    assert cancelled == ["QueryCanceled"]
+    assert [n.image_id for n in found] == _truth(collection, case, query, 20, image_ids)
+    # The helper's connection serves the next search.
+    monkeypatch.setattr(vector_search, "_rank", rank)
+    assert nearest(space=space, vector=query, image_filter=case.filters.embedding_q(), offset=0, limit=20) == found
