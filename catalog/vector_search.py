@@ -400,11 +400,13 @@ def _side_by_side(parts: list[Part], in_space: QuerySet, query, space: Embedding
             except _Needless:
                 continue
             except OperationalError as error:
-                # A lock it must not wait for, or a cancel (meant for this part, or late, for one before).
-                if getattr(error.__cause__, "sqlstate", None) not in (LOCK_NOT_AVAILABLE, QUERY_CANCELED):
-                    raise
+                state = getattr(error.__cause__, "sqlstate", None)
+                if state == QUERY_CANCELED and i in needless:
+                    continue  # cancelled here: its count sent it to exact ranking
+                if state != LOCK_NOT_AVAILABLE:
+                    raise  # a statement_timeout, the database gone: the search's error
                 with lock:
-                    given_back.append(i)
+                    given_back.append(i)  # a lock it must not wait for
                 return
             finally:
                 with lock:
@@ -428,7 +430,10 @@ def _side_by_side(parts: list[Part], in_space: QuerySet, query, space: Embedding
                 elif i in running:
                     needless.add(i)
                     if running[i] is not None:
-                        running[i].cancel_safe(timeout=5)
+                        try:
+                            running[i].cancel_safe(timeout=5)
+                        except Exception:  # not cancelled: the walk runs to its end, its rows dropped
+                            logger.warning("could not cancel a needless walk", exc_info=True)
             exact[i] = list(_rank(parts[i], in_space, query, space, page, using))
         while (taken := take()) is not None:
             walked[taken[0]] = list(_rank(taken[1], in_space, query, space, page, using))

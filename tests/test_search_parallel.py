@@ -193,11 +193,15 @@ def test_a_search_ends_while_a_table_lock_waits_behind_it(graphed, settings, mon
 
     locker = threading.Thread(target=lock_the_table)
     rank = vector_search._rank
+    queued = threading.Event()
 
     def queue_the_lock_first(part, *args):
-        # The search's transaction holds its share lock (it planned); the exclusive request queues.
-        if not locker.is_alive() and locker.ident is None:
-            locker.start()
+        if threading.current_thread() is not threading.main_thread():
+            queued.wait(10)  # a helper's part starts once the lock request waits
+            return rank(part, *args)
+        rows = rank(part, *args)  # sent: this search's transaction holds its share lock on the table
+        if locker.ident is None:
+            locker.start()  # another session's exclusive request queues behind this search
             with connection.cursor() as cursor:
                 for _ in range(500):
                     cursor.execute("SELECT count(*) FROM pg_locks WHERE relation = 'catalog_embedding'::regclass"
@@ -205,7 +209,8 @@ def test_a_search_ends_while_a_table_lock_waits_behind_it(graphed, settings, mon
                     if cursor.fetchone()[0]:
                         break
                     time.sleep(0.01)
-        return rank(part, *args)
+            queued.set()
+        return rows
 
     monkeypatch.setattr(vector_search, "_rank", queue_the_lock_first)
     started = time.monotonic()
@@ -314,3 +319,31 @@ def test_a_walk_its_count_made_needless_is_cancelled(graphed, settings, monkeypa
     # The helper's connection serves the next search.
     monkeypatch.setattr(vector_search, "_rank", rank)
     assert nearest(space=space, vector=query, image_filter=case.filters.embedding_q(), offset=0, limit=20) == found
+
+
+def test_a_helper_statement_cancelled_by_the_server_fails_the_search_once(graphed, settings, monkeypatch):
+    """Only a cancel this search sent drops a part silently; a statement_timeout (or an operator's
+    pg_cancel_backend) is the search's error, not a reason to run the part again."""
+    from django.db import OperationalError
+
+    collection, space, image_ids = graphed
+    settings.SEARCH_PARALLEL = 2
+    case = _several_graph_cases(collection, space)[0]
+    rank = vector_search._rank
+    runs = []
+
+    def timing_out_on_a_helper(part, *args):
+        if threading.current_thread() is threading.main_thread():
+            time.sleep(0.3)  # a helper surely takes a part
+            return rank(part, *args)
+        runs.append(part.image_filter)
+        with connection.cursor() as cursor:
+            cursor.execute("SET LOCAL statement_timeout = '50ms'")
+            cursor.execute("SELECT pg_sleep(5)")
+        return rank(part, *args)
+
+    monkeypatch.setattr(vector_search, "_rank", timing_out_on_a_helper)
+    with pytest.raises(OperationalError, match="statement timeout"):
+        nearest(space=space, vector=make_queries(collection, 1, seed=17)[0],
+                image_filter=case.filters.embedding_q(), offset=0, limit=20)
+    assert len(runs) == 1
