@@ -48,7 +48,7 @@ from dataclasses import dataclass, field
 import numpy as np
 
 from django.conf import settings
-from django.db import OperationalError, connections, transaction
+from django.db import DatabaseError, OperationalError, connections, transaction
 from django.db.models import BooleanField, Q, QuerySet, Value
 from django.db.models.expressions import RawSQL
 from django.db.models.functions import Cast
@@ -399,15 +399,16 @@ def _side_by_side(parts: list[Part], in_space: QuerySet, query, space: Embedding
                 walked[i] = _rank_alone(part, in_space, query, space, page, using, started=started)
             except _Needless:
                 continue
-            except OperationalError as error:
-                state = getattr(error.__cause__, "sqlstate", None)
+            except Exception as error:
+                state = getattr(error.__cause__, "sqlstate", None) if isinstance(error, OperationalError) else None
                 if state == QUERY_CANCELED and i in needless:
                     continue  # cancelled here: its count sent it to exact ranking
-                if state != LOCK_NOT_AVAILABLE:
-                    raise  # a statement_timeout, the database gone: the search's error
                 with lock:
-                    given_back.append(i)  # a lock it must not wait for
-                return
+                    if isinstance(error, _HandBack) or state == LOCK_NOT_AVAILABLE:
+                        given_back.append(i)  # no connection, or a lock it must not wait for
+                        return
+                    waiting.clear()  # a statement_timeout, the database gone: the search's error, now
+                raise
             finally:
                 with lock:
                     running.pop(i, None)
@@ -429,11 +430,7 @@ def _side_by_side(parts: list[Part], in_space: QuerySet, query, space: Embedding
                     waiting.remove(i)
                 elif i in running:
                     needless.add(i)
-                    if running[i] is not None:
-                        try:
-                            running[i].cancel_safe(timeout=5)
-                        except Exception:  # not cancelled: the walk runs to its end, its rows dropped
-                            logger.warning("could not cancel a needless walk", exc_info=True)
+                    _cancel(running[i])
             exact[i] = list(_rank(parts[i], in_space, query, space, page, using))
         while (taken := take()) is not None:
             walked[taken[0]] = list(_rank(taken[1], in_space, query, space, page, using))
@@ -444,7 +441,13 @@ def _side_by_side(parts: list[Part], in_space: QuerySet, query, space: Embedding
         # parts. (wait() would wait for a cancelled one until the pool reached it.) The others are
         # waited for: no walk outlives its search, one its count made needless included.
         started = [helper for helper in helpers if not helper.cancel()]
-        wait(started)
+        # A cancel that reaches a helper between two statements is ignored (PostgreSQL drops a cancel
+        # that finds its backend idle): sent again until the needless walk has ended. It cannot reach
+        # the helper's next part: that needs ``lock``, held while it is sent.
+        while wait(started, timeout=0.05).not_done:
+            with lock:
+                for i in needless:
+                    _cancel(running.get(i))
     for helper in started:
         helper.result()  # a helper's error (the database gone) is this search's
     for i in given_back:
@@ -457,6 +460,20 @@ class _Needless(Exception):
     """A helper's part that its count sent to exact ranking before its walk started."""
 
 
+class _HandBack(Exception):
+    """A helper that could not connect: the search's own connection ranks its part."""
+
+
+def _cancel(connection) -> None:
+    """Cancel the statement a helper's connection runs (a needless walk), if any."""
+    if connection is None:
+        return
+    try:
+        connection.cancel_safe(timeout=5)
+    except Exception:  # not cancelled: the walk runs to its end, its rows dropped
+        logger.warning("could not cancel a needless walk", exc_info=True)
+
+
 def _rank_alone(part: Part, in_space: QuerySet, query, space: EmbeddingSpace, page: _Page, using: str, *,
                 started=lambda: None) -> list:
     """One part's rows on this helper thread's own connection, in its own transaction (rolled back);
@@ -466,13 +483,17 @@ def _rank_alone(part: Part, in_space: QuerySet, query, space: EmbeddingSpace, pa
     # or past its age, and kept between parts even where IMAGESEARCH_DB_CONN_MAX_AGE is 0 (a new
     # connection for each part cost more than ranking side by side won): a fixed set, one per
     # helper and database.
-    connection.close_if_unusable_or_obsolete()
-    if connection.connection is None:
-        connection.ensure_connection()
-        if connection.close_at is not None:
-            connection.close_at = max(connection.close_at, time.monotonic() + HELPER_CONNECTION_MAX_AGE)
-        with _pool_lock:
-            _helper_connections.add(connection)
+    try:
+        connection.close_if_unusable_or_obsolete()
+        if connection.connection is None:
+            connection.ensure_connection()
+            if connection.close_at is not None:
+                connection.close_at = max(connection.close_at, time.monotonic() + HELPER_CONNECTION_MAX_AGE)
+            with _pool_lock:
+                _helper_connections.add(connection)
+    except DatabaseError as error:  # too many clients, a pooler's refusal: not the search's failure
+        logger.warning("a search helper could not connect to %s: %s", using, error)
+        raise _HandBack from error
     started()
     with transaction.atomic(using=using):
         # Never wait for a lock: a lock request queued behind the search's own transaction (a

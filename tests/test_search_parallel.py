@@ -347,3 +347,91 @@ def test_a_helper_statement_cancelled_by_the_server_fails_the_search_once(graphe
         nearest(space=space, vector=make_queries(collection, 1, seed=17)[0],
                 image_filter=case.filters.embedding_q(), offset=0, limit=20)
     assert len(runs) == 1
+
+
+def test_a_cancel_that_finds_the_helper_between_statements_is_sent_again(graphed, settings, monkeypatch):
+    """PostgreSQL drops a cancel that reaches an idle backend: one sent while the helper is between two
+    statements must not let the needless walk run to its end."""
+    collection, space, image_ids = graphed
+    settings.SEARCH_PARALLEL = 2
+    monkeypatch.setattr(vector_search, "_likely_walked", lambda matched, share_limit: True)
+    case = next(c for c in filter_cases(collection)
+                if any(p.walk_from for p in plan_for(space=space, image_filter=c.filters.embedding_q(),
+                                                     count_later=True).parts)
+                and all(p.exact for p in plan_for(space=space, image_filter=c.filters.embedding_q()).parts))
+    rank = vector_search._rank
+    walks = []
+
+    def pause_then_walk(part, *args):
+        if part.walk_from is not None:
+            time.sleep(0.3)  # idle in transaction when the count decides (0.1 s): the first cancel is lost
+            try:
+                with connection.cursor() as cursor:
+                    cursor.execute("SELECT pg_sleep(20)")
+                walks.append("ran to its end")
+            except Exception as error:
+                walks.append(type(error.__cause__).__name__)
+                raise
+        return rank(part, *args)
+
+    monkeypatch.setattr(vector_search, "_rank", pause_then_walk)
+    graph_share = vector_search._graph_share
+    monkeypatch.setattr(vector_search, "_graph_share", lambda *args: time.sleep(0.1) or graph_share(*args))
+    query = make_queries(collection, 1, seed=18)[0]
+    started = time.monotonic()
+    found = nearest(space=space, vector=query, image_filter=case.filters.embedding_q(), offset=0, limit=20)
+    assert time.monotonic() - started < 10
+    assert walks == ["QueryCanceled"]
+    assert [n.image_id for n in found] == _truth(collection, case, query, 20, image_ids)
+
+
+def test_a_helper_that_cannot_connect_hands_its_part_back(graphed, settings, monkeypatch):
+    """Too many clients, a pooler's refusal: the search's own connection answers, and no error reaches
+    the replica failover (which would mark a healthy replica down)."""
+    from django.db import connections
+
+    collection, space, image_ids = graphed
+    settings.SEARCH_PARALLEL = 2
+    case = _several_graph_cases(collection, space)[0]
+    query = make_queries(collection, 1, seed=19)[0]
+    expected = nearest(space=space, vector=query, image_filter=case.filters.embedding_q(), offset=0, limit=20)
+    rank = vector_search._rank
+    monkeypatch.setattr(vector_search, "_rank",
+                        lambda part, *args: (threading.current_thread() is threading.main_thread()
+                                             and time.sleep(0.1)) or rank(part, *args))
+    vector_search.close_helper_connections()  # helpers connect anew ...
+    database = connections.settings["default"]
+    name, database["NAME"] = database["NAME"], "no_such_database"  # ... and are refused
+    try:
+        found = nearest(space=space, vector=query, image_filter=case.filters.embedding_q(), offset=0, limit=20)
+    finally:
+        database["NAME"] = name
+        vector_search.close_helper_connections()
+    assert found == expected
+
+
+def test_an_error_on_a_helper_stops_the_search(graphed, settings, monkeypatch):
+    from django.db import DatabaseError
+
+    collection, space, image_ids = graphed
+    settings.SEARCH_PARALLEL = 2
+    case = max(_several_graph_cases(collection, space),
+               key=lambda c: len(plan_for(space=space, image_filter=c.filters.embedding_q()).parts))
+    rank = vector_search._rank
+    failed = threading.Event()
+    after = []
+
+    def fail_on_a_helper(part, *args):
+        if threading.current_thread().name.startswith("search-part"):
+            failed.set()
+            raise DatabaseError("canceling statement due to statement timeout")
+        if failed.is_set():
+            after.append(part)
+        time.sleep(0.1)  # a walk
+        return rank(part, *args)
+
+    monkeypatch.setattr(vector_search, "_rank", fail_on_a_helper)
+    with pytest.raises(DatabaseError):
+        nearest(space=space, vector=make_queries(collection, 1, seed=20)[0],
+                image_filter=case.filters.embedding_q(), offset=0, limit=20)
+    assert len(after) <= 1
