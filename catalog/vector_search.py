@@ -389,7 +389,7 @@ def _side_by_side(parts: list[Part], in_space: QuerySet, query, space: Embedding
             i, part = taken
             connection = connections[using]
 
-            def started() -> None:
+            def started(i: int = i, connection=connection) -> None:  # called within this iteration
                 with lock:
                     if i in needless:
                         raise _Needless
