@@ -294,35 +294,39 @@ def test_a_helper_keeps_its_connection_between_searches_until_closed(graphed, se
     assert open_backends() == 0
 
 
-def test_a_walk_its_count_made_needless_is_cancelled(graphed, settings, monkeypatch):
+@pytest.mark.parametrize("pause", [0, 1], ids=["walking", "between-statements"])
+def test_a_walk_its_count_made_needless_is_cancelled(graphed, settings, monkeypatch, pause):
+    """The count decides while the needless walk runs, or while its helper is between two statements
+    (PostgreSQL drops a cancel that finds its backend idle: it must be sent again)."""
     collection, space, image_ids = graphed
     settings.SEARCH_PARALLEL = 2
     monkeypatch.setattr(vector_search, "_likely_walked", lambda matched, share_limit: True)
     case = _guessed_yet_ranked_exactly(collection, space)
     rank = vector_search._rank
-    cancelled = []
-    walking = threading.Event()
+    walks = []
+    reached = threading.Event()
 
     def slow_walk(part, *args):
         if part.walk_from is not None:  # the guessed walk, on a helper: as slow as a walk can get
-            walking.set()
+            reached.set()
+            time.sleep(pause)  # idle in transaction while the count decides: the first cancel is lost
             try:
                 with connection.cursor() as cursor:
                     cursor.execute("SELECT pg_sleep(20)")
+                walks.append("ran to its end")
             except Exception as error:
-                cancelled.append(type(error.__cause__).__name__)
+                walks.append(type(error.__cause__).__name__)
                 raise
         return rank(part, *args)
 
     monkeypatch.setattr(vector_search, "_rank", slow_walk)
     graph_share = vector_search._graph_share
-    monkeypatch.setattr(vector_search, "_graph_share",
-                        lambda *args: walking.wait(10) and graph_share(*args))  # counted once the walk runs
+    monkeypatch.setattr(vector_search, "_graph_share", lambda *args: reached.wait(10) and graph_share(*args))
     query = make_queries(collection, 1, seed=16)[0]
     started = time.monotonic()
     found = nearest(space=space, vector=query, image_filter=case.filters.embedding_q(), offset=0, limit=20)
     assert time.monotonic() - started < 10, "the search waited for a walk it did not need"
-    assert cancelled == ["QueryCanceled"]
+    assert walks == ["QueryCanceled"]
     assert [n.image_id for n in found] == _truth(collection, case, query, 20, image_ids)
     # The helper's connection serves the next search.
     monkeypatch.setattr(vector_search, "_rank", rank)
@@ -355,41 +359,6 @@ def test_a_helper_statement_cancelled_by_the_server_fails_the_search_once(graphe
         nearest(space=space, vector=make_queries(collection, 1, seed=17)[0],
                 image_filter=case.filters.embedding_q(), offset=0, limit=20)
     assert len(runs) == 1
-
-
-def test_a_cancel_that_finds_the_helper_between_statements_is_sent_again(graphed, settings, monkeypatch):
-    """PostgreSQL drops a cancel that reaches an idle backend: one sent while the helper is between two
-    statements must not let the needless walk run to its end."""
-    collection, space, image_ids = graphed
-    settings.SEARCH_PARALLEL = 2
-    monkeypatch.setattr(vector_search, "_likely_walked", lambda matched, share_limit: True)
-    case = _guessed_yet_ranked_exactly(collection, space)
-    rank = vector_search._rank
-    walks = []
-    pausing = threading.Event()
-
-    def pause_then_walk(part, *args):
-        if part.walk_from is not None:
-            pausing.set()
-            time.sleep(1)  # idle in transaction while the count decides: the first cancel is lost
-            try:
-                with connection.cursor() as cursor:
-                    cursor.execute("SELECT pg_sleep(20)")
-                walks.append("ran to its end")
-            except Exception as error:
-                walks.append(type(error.__cause__).__name__)
-                raise
-        return rank(part, *args)
-
-    monkeypatch.setattr(vector_search, "_rank", pause_then_walk)
-    graph_share = vector_search._graph_share
-    monkeypatch.setattr(vector_search, "_graph_share", lambda *args: pausing.wait(10) and graph_share(*args))
-    query = make_queries(collection, 1, seed=18)[0]
-    started = time.monotonic()
-    found = nearest(space=space, vector=query, image_filter=case.filters.embedding_q(), offset=0, limit=20)
-    assert time.monotonic() - started < 10
-    assert walks == ["QueryCanceled"]
-    assert [n.image_id for n in found] == _truth(collection, case, query, 20, image_ids)
 
 
 def test_a_helper_that_cannot_connect_hands_its_part_back(graphed, settings, monkeypatch):
