@@ -309,7 +309,7 @@ def filter_cases(collection: Collection) -> list[FilterCase]:
     for orientation in ("landscape", "portrait", "square"):
         add(f"orientation {orientation}", orientation=orientation)
 
-    # Dates: one day of a mid-size trip, a month, five years, open ranges.
+    # Dates: one day of a mid-size trip, a month, one year, five years, open ranges.
     sizes = np.bincount(c.cluster)
     trip = int(np.argsort(sizes)[len(sizes) * 3 // 4])
     dated = c.taken_at[(c.cluster == trip) & ~np.isnat(c.taken_at)]
@@ -317,6 +317,7 @@ def filter_cases(collection: Collection) -> list[FilterCase]:
         day = _day(dated.min())
         add("date: one day of a trip", taken_from=day, taken_to=day)
         add("date: one month", taken_from=day.replace(day=1), taken_to=(day.replace(day=28) + timedelta(days=4)).replace(day=1) - timedelta(days=1))
+    add("date: 2025", taken_from=date(2025, 1, 1), taken_to=date(2025, 12, 31))  # the largest year at 1,000,000
     add("date: 2015-2019", taken_from=date(2015, 1, 1), taken_to=date(2019, 12, 31))
     add("date: before 2010", taken_to=date(2009, 12, 31))
     add("date: from 2024", taken_from=date(2024, 1, 1))

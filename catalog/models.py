@@ -190,7 +190,8 @@ class EmbeddingSpace(models.Model):
 
 class FilterGraph(models.Model):
     """A partial HNSW graph over the rows of one space that share one filter value: a city, an
-    orientation or a year taken.
+    orientation, a year taken, or an aligned block of years ("2016-2019": vector_search.YEAR_BLOCKS
+    years from a multiple of that), so that a range of years walks fewer graphs than one per year.
 
     A filter matching a few percent of a large collection is neither cheap to rank exactly (its tens
     of thousands of rows) nor safe to walk in the space's graph (its rows are scattered among
@@ -206,7 +207,7 @@ class FilterGraph(models.Model):
 
     space = models.ForeignKey(EmbeddingSpace, on_delete=models.CASCADE, related_name="filter_graphs")
     column = models.CharField(max_length=16, choices=Column.choices)
-    value = models.CharField(max_length=120)  # the city, the orientation's number (1, -1, 0), the year
+    value = models.CharField(max_length=120)  # the city, the orientation's number (1, -1, 0), "2016" or "2016-2019"
     rows = models.PositiveIntegerField(help_text=_("Rows the graph covered when it was built."))
     created_at = models.DateTimeField(auto_now_add=True)
 
@@ -217,7 +218,7 @@ class FilterGraph(models.Model):
             models.UniqueConstraint(fields=["space", "column", "value"], name="one_graph_per_filter_value"),
             models.CheckConstraint(
                 condition=Q(column="city") | Q(column="orientation", value__in=["1", "-1", "0"])
-                | Q(column="year", value__regex=r"^[0-9]{4}$"),
+                | Q(column="year", value__regex=r"^[0-9]{4}(-[0-9]{4})?$"),
                 name="filter_graph_value_fits_its_column"),
         ]
 
@@ -259,11 +260,17 @@ def year_bounds(year: int) -> tuple[datetime, datetime]:
     return datetime(year, 1, 1, tzinfo=dt_timezone.utc), datetime(year + 1, 1, 1, tzinfo=dt_timezone.utc)
 
 
+def year_span(value: str) -> tuple[int, int]:
+    """The first and last year of a year graph's value: "2016" or "2016-2019"."""
+    first, _, last = value.partition("-")
+    return int(first), int(last or first)
+
+
 def filter_value_q(column: str, value: str) -> Q:
     """The Embedding rows of one filter value."""
     if column == FilterGraph.Column.YEAR:
-        start, end = year_bounds(int(value))
-        return Q(taken_at__gte=start, taken_at__lt=end)
+        first, last = year_span(value)
+        return Q(taken_at__gte=year_bounds(first)[0], taken_at__lt=year_bounds(last)[1])
     if column == FilterGraph.Column.ORIENTATION:
         return Q(orientation=int(value))
     return Q(city=value)

@@ -19,6 +19,9 @@ With value graphs (``FilterGraph``) a filter is split into parts, one per graph 
 rest, each ranked as above and merged in (distance, image id) order. The parts are ranked side by
 side on up to ``settings.SEARCH_PARALLEL`` connections (``_side_by_side``), and a graph's part with
 more conditions is counted while its walk already runs: the walk is kept or dropped by the count.
+A range of years walks the fewest year graphs that tile it (years, and aligned blocks of 4 years).
+A count that reached its cap (a walk) and the planner's estimates are kept for a minute by the
+process (``KNOWN_TTL``): the next searches with that filter go straight to the walk.
 
 Vectors are unit length (a constraint on Embedding), so the distance is ``1 - inner product``: the
 HNSW index (``halfvec_ip_ops``) then orders rows by the very values the query returns, where the
@@ -55,7 +58,7 @@ from django.db.models.functions import Cast
 from pgvector import HalfVector
 from pgvector.django import HalfVectorField, MaxInnerProduct
 
-from catalog.models import Embedding, EmbeddingSpace, FilterGraph, year_bounds
+from catalog.models import Embedding, EmbeddingSpace, FilterGraph, year_bounds, year_span
 
 logger = logging.getLogger(__name__)
 
@@ -95,15 +98,35 @@ GRAPH_MIN_ROWS = 15_000  # exact ranking of 20,000 scattered rows came to 47-52 
 GRAPH_MAX_SHARE = 0.5  # a value past it is most of its space: the space's graph serves it as well
 GRAPH_SHARE = 0.30
 EF_SEARCH_GRAPH = 800
+# A year holds whole trips, so a query's nearest rows there lie in other trips, far from where a walk
+# starts: year graphs are walked at the widest ef_search (1,000,000 images, 50 queries, recall@100 of
+# a single year at 800 / 1,000: 2025 0.949 / 0.964, 2019 0.966 / 0.980, 2015 0.961 / 0.987).
+EF_SEARCH_YEARS = EF_SEARCH_MAX
+# Years also have graphs of aligned blocks of 4 years: a range of whole years then walks fewer graphs
+# (2015-2019: 2015 and 2016-2019, where five year walks took 64-67 ms at p95 on 2 cores, side by side).
+# A block walk finds less than its years' walks merged (fewer candidates in all): at 1,000,000 images,
+# 2016-2019 at ef_search 1,000 kept recall@10 / @100 0.978 / 0.971 (50 queries; its four year graphs at
+# 800: about 0.99). Blocks of 2 years cost as much recall (2008-2009: recall@1 0.95, 20 queries) for a
+# walk that two connections already run side by side, so there are none (bench/README.md).
+YEAR_BLOCKS = (4,)
 HELPER_CONNECTION_MAX_AGE = 60.0  # seconds a helper keeps its connection at least
 HELPER_LOCK_TIMEOUT = "100ms"  # a helper that cannot lock the table hands its part back (see _rank_alone)
 LOCK_NOT_AVAILABLE = "55P03"  # SQLSTATE of lock_timeout
 QUERY_CANCELED = "57014"
 SPACE_SIZE_TTL = 60.0     # seconds a process trusts its estimate of a space's size (and how its graph was built)
+# A filter's count that reached its cap (so the part is walked) is kept this long by the process, as
+# are the planner's estimates: at 1,000,000 images counting Springfield's landscape photos 4,000 px
+# wide up to 30% of its graph took 49 ms of a 62 ms search. A count below its cap is never kept (its
+# ids must be current), and one that reached it only grows as images come: a kept one can be wrong
+# only after deletions, and then costs a walk that gives up (ranked exactly) or a little recall.
+KNOWN_TTL = 60.0
+KNOWN_MAX = 4_096         # filters a process keeps counts and estimates of (all dropped past it)
 
 _space_sizes: dict[tuple[str, int], tuple[float, int]] = {}
 _graph_builds: dict[tuple[str, int], tuple[float, int]] = {}  # (using, space): (when, ef_construction)
 _value_graphs: dict[tuple[str, int], tuple[float, dict]] = {}  # (using, space): (when, {(column, value): rows})
+_reached: dict[tuple, tuple[float, bool]] = {}  # (using, space, filter, cap): (when, True): counts that reached cap
+_estimates: dict[tuple, tuple[float, int]] = {}  # (using, space, filter): (when, the planner's estimate)
 
 
 @dataclass(frozen=True)
@@ -157,7 +180,9 @@ class Plan:
             return " + ".join(map(str, self.parts))
         rest = [str(part) for part in self.parts if not part.graph]
         widths = sorted({part.ef_search for part in walks})
-        label = (f"{len(walks)} graphs {walks[0].graph}..{walks[-1].graph.split('=')[1]} "
+        values = [part.graph.split("=", 1)[1] for part in walks]
+        label = (f"{len(walks)} graphs {walks[0].graph.split('=')[0]}="
+                 f"{', '.join(values) if len(values) <= 3 else values[0] + '..' + values[-1]} "
                  f"ef_search={'/'.join(map(str, widths))}")
         return " + ".join([label, *rest])
 
@@ -185,15 +210,18 @@ def plan_for(*, space: EmbeddingSpace, image_filter: Q, using: str = "default", 
     parts = []
     for label, rows, part_filter, whole in split.graph_parts:
         if whole:  # the value's rows and no others: its graph alone, walked as an unfiltered space's
-            parts.append(Part(part_filter, exact=False, ef_search=EF_SEARCH_GRAPH, graph=label))
+            parts.append(Part(part_filter, exact=False, graph=label,
+                              ef_search=EF_SEARCH_YEARS if label.startswith("year=") else EF_SEARCH_GRAPH))
             continue
         share_limit = max(1, round(GRAPH_SHARE * rows))
-        matched = _matched(space, part_filter, using)
         ef_search = round(min(EF_SEARCH_MAX, EF_SEARCH_GRAPH / GRAPH_SHARE ** 0.75))
-        if count_later and _likely_walked(matched, share_limit):
+        if _known(_reached, (using, space.pk, part_filter, share_limit)):  # counted lately: walked
+            parts.append(Part(part_filter, exact=False, matching=share_limit, ef_search=ef_search, graph=label))
+            continue
+        if count_later and _likely_walked(space, part_filter, share_limit, using):
             parts.append(Part(part_filter, exact=False, ef_search=ef_search, graph=label, walk_from=share_limit))
             continue
-        matching, ids = _graph_share(matched, share_limit, using)
+        matching, ids = _graph_share(space, part_filter, share_limit, using)
         if matching < share_limit:  # too few of the graph's rows: rank them exactly
             if matching:
                 parts.append(Part(part_filter, exact=True, matching=matching, image_ids=ids))
@@ -211,7 +239,15 @@ def _single_column_estimate(space: EmbeddingSpace, image_filter: Q, using: str) 
     columns = _columns(image_filter)
     if len(columns) != 1 or "image" in columns:
         return None
-    return _estimated_rows(_matched(space, image_filter, using))
+    return _estimate(space, image_filter, using)
+
+
+def _estimate(space: EmbeddingSpace, image_filter: Q, using: str) -> int:
+    """The planner's estimate of the rows ``image_filter`` matches in the space (kept KNOWN_TTL)."""
+    key = (using, space.pk, image_filter)
+    if (estimate := _known(_estimates, key)) is None:
+        estimate = _keep(_estimates, key, _estimated_rows(_matched(space, image_filter, using)))
+    return estimate
 
 
 def _part(space: EmbeddingSpace, image_filter: Q, size: int, limit: int, using: str, *,
@@ -224,7 +260,9 @@ def _part(space: EmbeddingSpace, image_filter: Q, size: int, limit: int, using: 
     if estimate is not None and estimate > ESTIMATE_MARGIN * limit:  # past the limit: no need to count to it
         return Part(image_filter, exact=False, ef_search=_filtered_ef_search(estimate / max(size, 1)))
     matching = ids = None
-    if len(columns) > 1:
+    if _known(_reached, (using, space.pk, image_filter, limit + 1)):  # counted lately: past the limit
+        matching = limit + 1
+    elif len(columns) > 1:
         # Several columns (correlated, misestimated): the count reads one covering index and keeps the
         # ids, so the ranking reads only the rows that match instead of all those one bound matches.
         matching, ids = _matching_ids(matched, min(limit, IDS_MAX_ROWS) + 1, using)
@@ -234,23 +272,29 @@ def _part(space: EmbeddingSpace, image_filter: Q, size: int, limit: int, using: 
         matching = matched.values("pk")[:limit + 1].count()
     if matching <= limit:
         return Part(image_filter, exact=True, matching=matching, image_ids=ids)
+    _keep(_reached, (using, space.pk, image_filter, limit + 1), True)
     # More than ``limit`` match: the planner's estimate, never below what was counted, sizes ef_search.
-    selectivity = min(1.0, max(matching, _estimated_rows(matched)) / max(size, 1))
+    selectivity = min(1.0, max(matching, _estimate(space, image_filter, using)) / max(size, 1))
     return Part(image_filter, exact=False, matching=matching, ef_search=_filtered_ef_search(selectivity))
 
 
-def _likely_walked(matched: QuerySet, share_limit: int) -> bool:
+def _likely_walked(space: EmbeddingSpace, image_filter: Q, share_limit: int, using: str) -> bool:
     """Whether a graph's part is worth walking before it is counted. The estimate (of correlated
     columns: 25% low for a city and a date range) only picks what starts first: the count still
     decides, and a wrong guess costs at most one walk, never a row."""
-    return _estimated_rows(matched) >= share_limit / 2
+    return _estimate(space, image_filter, using) >= share_limit / 2
 
 
-def _graph_share(matched: QuerySet, share_limit: int, using: str) -> tuple[int, str | None]:
+def _graph_share(space: EmbeddingSpace, image_filter: Q, share_limit: int, using: str) -> tuple[int, str | None]:
     """How many of a part's rows match, up to ``share_limit``, with their ids where few enough to pass."""
+    matched = _matched(space, image_filter, using)
     if share_limit <= IDS_MAX_ROWS:  # several columns: keep the ids, as _part does
-        return _matching_ids(matched, share_limit, using)
-    return matched.values("pk")[:share_limit].count(), None
+        matching, ids = _matching_ids(matched, share_limit, using)
+    else:
+        matching, ids = matched.values("pk")[:share_limit].count(), None
+    if matching >= share_limit:
+        _keep(_reached, (using, space.pk, image_filter, share_limit), True)
+    return matching, ids
 
 
 def _matching_ids(matched: QuerySet, cap: int, using: str) -> tuple[int, str]:
@@ -417,7 +461,7 @@ def _side_by_side(parts: list[Part], in_space: QuerySet, query, space: Embedding
     try:
         for i in undecided:  # counted here while a helper walks them
             part = parts[i]
-            matching, ids = _graph_share(_matched(space, part.image_filter, using), part.walk_from, using)
+            matching, ids = _graph_share(space, part.image_filter, part.walk_from, using)
             with lock:
                 if matching >= part.walk_from:
                     parts[i] = Part(part.image_filter, exact=False, matching=matching, ef_search=part.ef_search,
@@ -652,6 +696,11 @@ def _split(image_filter: Q, graphs: dict[tuple[str, str], int]) -> _Split | None
     return best
 
 
+def _year_block(label: str) -> bool:
+    """Whether a graph's label names a block of years ("year=2016-2019")."""
+    return label.startswith("year=") and "-" in label
+
+
 def _graph_rows(split: _Split) -> int:
     return sum(rows for _, rows, _, _ in split.graph_parts)
 
@@ -705,7 +754,9 @@ def _split_orientation(conditions: list, graphs: dict) -> _Split | None:
 
 
 def _split_years(conditions: list, graphs: dict) -> _Split | None:
-    """A date range over whole UTC years: each year with a graph is one part, the rest one more."""
+    """A date range over the year graphs: from its start on, each stretch goes to the longest graph
+    (a year or an aligned block of years) that it covers whole, or else to the shortest graph that
+    holds it (a part of a year, counted); stretches without a graph are the rest."""
     bounds = [c for c in conditions if isinstance(c, tuple) and c[0].startswith("taken_at")]
     if not bounds or any(lookup not in ("taken_at__gte", "taken_at__lt") for lookup, _ in bounds):
         return None
@@ -714,24 +765,39 @@ def _split_years(conditions: list, graphs: dict) -> _Split | None:
     low = dict(bounds).get("taken_at__gte")
     high = dict(bounds).get("taken_at__lt")
     others = [c for c in conditions if c not in bounds]
-    years = sorted(int(value) for column, value in graphs if column == "year")
+    spans = []  # (start, end, value) of each year graph: its rows are taken_at in [start, end)
+    for column, value in graphs:
+        if column == "year":
+            first, last = year_span(value)
+            spans.append((year_bounds(first)[0], year_bounds(last)[1], value))
+    if not spans:
+        return None
     parts, uncovered, cursor = [], [], low  # [cursor, ...) is not yet covered
-    for year in years:
-        start, end = year_bounds(year)
-        if (high is not None and start >= high) or (low is not None and end <= low):
+    if cursor is None:  # open start: the rows before the first graph are the rest's
+        cursor = min(span[0] for span in spans)
+        uncovered.append((None, cursor if high is None else min(cursor, high)))
+    while high is None or cursor < high:
+        holding = [span for span in spans if span[0] <= cursor < span[1]]
+        whole = [span for span in holding if span[0] == cursor and (high is None or span[1] <= high)]
+        if whole:
+            start, end, value = max(whole, key=lambda span: span[1])
+        elif holding:
+            start, end, value = min(holding, key=lambda span: span[1] - span[0])
+        else:
+            later = min((span[0] for span in spans if span[0] > cursor), default=None)
+            if later is None or (high is not None and later >= high):
+                uncovered.append((cursor, high))
+                break
+            uncovered.append((cursor, later))
+            cursor = later
             continue
-        part_low = start if low is None or low < start else low
-        part_high = end if high is None or high > end else high
-        whole = not others and part_low == start and part_high == end
-        if cursor is None or cursor < part_low:
-            uncovered.append((cursor, part_low))
-        parts.append((f"year={year:04d}", graphs[("year", f"{year:04d}")],
-                      _and([*others, ("taken_at__gte", part_low), ("taken_at__lt", part_high)]), whole))
+        part_low, part_high = max(cursor, start), end if high is None else min(end, high)
+        parts.append((f"year={value}", graphs[("year", value)],
+                      _and([*others, ("taken_at__gte", part_low), ("taken_at__lt", part_high)]),
+                      not others and part_low == start and part_high == end))
         cursor = part_high
     if not parts:
         return None
-    if high is None or cursor < high:
-        uncovered.append((cursor, high))
     gaps = Q()
     for gap_low, gap_high in uncovered:
         gap = Q(taken_at__isnull=False)
@@ -759,10 +825,16 @@ def _graphs_of(space: EmbeddingSpace, using: str) -> dict[tuple[str, str], int]:
 
 
 def forget_space(space_id: int) -> None:
-    """Drop what this process keeps about a space (its size, graph build, value graphs)."""
-    for store in (_space_sizes, _graph_builds, _value_graphs):
+    """Drop what this process keeps about a space (its size, graph build, value graphs, counts)."""
+    for store in (_space_sizes, _graph_builds, _value_graphs, _reached, _estimates):
         for key in [key for key in store if key[1] == space_id]:
             del store[key]
+
+
+def forget_counts() -> None:
+    """Drop the counts and estimates this process keeps of filters (a filter's next search counts)."""
+    _reached.clear()
+    _estimates.clear()
 
 
 def _columns(image_filter: Q) -> set[str]:
@@ -808,6 +880,19 @@ def _cached(store: dict, key, compute):
     if cached is None or now - cached[0] > SPACE_SIZE_TTL:
         cached = store[key] = (now, compute())
     return cached[1]
+
+
+def _known(store: dict, key):
+    """What ``_keep`` put in ``store`` under ``key`` within KNOWN_TTL seconds, or None."""
+    kept = store.get(key)
+    return kept[1] if kept is not None and time.monotonic() - kept[0] <= KNOWN_TTL else None
+
+
+def _keep(store: dict, key, value):
+    if len(store) >= KNOWN_MAX:  # bounded whatever the filters: dropped at once, counted again
+        store.clear()
+    store[key] = (time.monotonic(), value)
+    return value
 
 
 def _estimated_rows(queryset: QuerySet) -> int:

@@ -11,13 +11,17 @@ over the half-precision values the database holds.
 
 from __future__ import annotations
 
+from datetime import UTC, datetime
+from itertools import pairwise
+
 import numpy as np
 import pytest
 from django.db import transaction
+from django.db.models import Q
 
 from bench.clustered import exact_neighbours, filter_cases, image_ids_of, load_collection, make_collection, make_queries
 from catalog import spaces, vector_search
-from catalog.models import FilterGraph
+from catalog.models import EmbeddingSpace, FilterGraph
 from catalog.search import MAX_PAGE, SearchError, SearchParams
 from catalog.vector_search import MAX_DEPTH, nearest, plan_for
 from tests.conftest import rolled_back_at_end
@@ -160,6 +164,13 @@ def test_value_graphs_serve_the_filters_they_cover(loaded, value_graphs, monkeyp
     walked = {label: str(plan) for label, plan in plans.items() if any(part.graph for part in plan.parts)}
     assert any("graph city=" in plan for plan in walked.values()), plans
     assert any("graphs year=" in plan for plan in walked.values()), plans  # a range across several years
+    # Years, and blocks of years (a range of whole years walks one graph per block), walk as wide as a
+    # walk goes.
+    assert any("-" in value for column, value in built if column == "year"), built
+    years = [part for plan in plans.values() for part in plan.parts
+             if part.graph.startswith("year=") and part.matching is None]
+    assert any(vector_search._year_block(part.graph) for part in years), plans
+    assert all(part.ef_search == vector_search.EF_SEARCH_YEARS for part in years), plans
     # A value's rows alone walk its graph as an unfiltered space is walked, without counting them.
     whole = [plans[label] for label in plans if label.startswith("city ") and "+" not in label
              and plans[label].parts[0].graph]
@@ -205,7 +216,7 @@ def test_a_walk_that_gives_up_in_one_part_is_ranked_exactly_and_merged_in_order(
     for name, value in SCALED.items():
         monkeypatch.setattr(vector_search, name, value)
     monkeypatch.setattr(vector_search, "MAX_SCAN_TUPLES", 5)  # every walk gives up at once
-    case = next(c for c in loaded.cases if c.label.startswith("date: 20"))  # several year graphs
+    case = next(c for c in loaded.cases if c.label == "date: 2015-2019")  # several year graphs
     assert len(plan_for(space=loaded.space, image_filter=case.filters.embedding_q()).parts) > 1
     for q in range(3):
         found = loaded.search(case, q, limit=30)
@@ -308,3 +319,118 @@ def test_graphs_for_a_city_with_a_percent_sign_and_for_a_year_before_1000(loaded
             assert len(found) == 20 and {n.image_id for n in found} <= set(some)
         transaction.set_rollback(True)
     vector_search.forget_space(loaded.space.pk)
+
+
+def _utc(year: int, month: int = 1) -> datetime:
+    return datetime(year, month, 1, tzinfo=UTC)
+
+
+def test_year_blocks_are_aligned_and_have_rows_in_both_halves(monkeypatch):
+    monkeypatch.setattr(vector_search, "YEAR_BLOCKS", (4,))
+    # 2016-2019 only: the other blocks have an empty half (where the other half's graphs serve alone).
+    assert spaces._year_block_counts({2015: 5, 2016: 7, 2017: 1, 2019: 2, 2021: 3}) == {("year", "2016-2019"): 10}
+    # Four-digit years from 1 to 9998 (no block starts at 0; 9999 has no following year to bound it).
+    assert spaces._year_block_counts({1: 4, 2: 4, 3: 4, 4: 2, 6: 2, 9996: 1, 9998: 1}) == {("year", "0004-0007"): 4}
+    monkeypatch.setattr(vector_search, "YEAR_BLOCKS", (2, 4))
+    assert spaces._year_block_counts({2015: 5, 2016: 7, 2017: 1, 2019: 2}) == {
+        ("year", "2016-2017"): 8, ("year", "2016-2019"): 10}
+
+
+@pytest.mark.parametrize("low, high, walks, rest", [
+    # Whole years: the longest graph each stretch covers whole, from the range's start on.
+    (_utc(2015), _utc(2020), ["2015 whole", "2016-2019 whole"], False),
+    (None, _utc(2010), ["2008 whole", "2009 whole"], True),  # and the rows before 2008, which no graph holds
+    (_utc(2024), None, ["2024 whole", "2025 whole"], True),
+    (_utc(2016), _utc(2026), ["2016-2019 whole", "2020-2023 whole", "2024 whole", "2025 whole"], False),
+    # A part of a year: the shortest graph that holds it, its rows counted there.
+    (_utc(2015, 6), _utc(2019, 3), ["2015 part", "2016 whole", "2017 whole", "2018 whole", "2019 part"], False),
+    # No graph holds 2013 (say its block is past GRAPH_MAX_SHARE): the rest ranks it.
+    (_utc(2012), _utc(2016), ["2012 whole", "2014 whole", "2015 whole"], True),
+    (_utc(2008), _utc(2026), ["2008-2011 whole", "2012 whole", "2014 whole", "2015 whole", "2016-2019 whole",
+                              "2020-2023 whole", "2024 whole", "2025 whole"], True),
+    (_utc(1990), _utc(2000), None, None),
+])
+def test_a_range_of_years_is_split_over_the_fewest_year_graphs(monkeypatch, low, high, walks, rest):
+    monkeypatch.setattr(vector_search, "YEAR_BLOCKS", (4,))
+    by_year = {year: 10_000 for year in range(2008, 2026)}
+    graphs = {("year", f"{year}"): rows for year, rows in by_year.items()}
+    graphs.update(spaces._year_block_counts(by_year))
+    graphs = {key: rows for key, rows in graphs.items() if key[1] not in ("2013", "2012-2015")}
+    bounds = {key: value for key, value in (("taken_at__gte", low), ("taken_at__lt", high)) if value is not None}
+    split = vector_search._split(Q(**bounds), graphs)
+    if walks is None:
+        assert split is None
+        return
+    assert [f"{label.removeprefix('year=')} {'whole' if whole else 'part'}"
+            for label, _, _, whole in split.graph_parts] == walks
+    assert (split.rest is not None) == rest
+    # Without a rest, the parts hold every row of the range once: their bounds tile it.
+    pieces = sorted((dict(part.children)["taken_at__gte"], dict(part.children)["taken_at__lt"])
+                    for _, _, part, _ in split.graph_parts)
+    if not rest:
+        assert pieces[0][0] == low and pieces[-1][1] == high, pieces
+        assert all(a[1] == b[0] for a, b in pairwise(pieces)), pieces
+
+
+def test_a_year_graphs_value_is_a_year_or_a_block_of_years():
+    from django.db import IntegrityError
+
+    space = EmbeddingSpace.objects.create(name="test/year-values", dimensions=8)
+    for value in ("2016", "2016-2019"):
+        FilterGraph.objects.create(space=space, column="year", value=value, rows=1)
+    for value in ("2016-19", "2016-", "16-2019", "2016 2019"):
+        with pytest.raises(IntegrityError), transaction.atomic():
+            FilterGraph.objects.create(space=space, column="year", value=value, rows=1)
+
+
+def _counts_sent(loaded, case, q: int) -> tuple[int, list[int]]:
+    from django.db import connection
+
+    sent = []
+
+    def note(execute, sql, params, many, context):
+        sent.append(sql)
+        return execute(sql, params, many, context)
+
+    with connection.execute_wrapper(note):
+        found = loaded.search(case, q, limit=30)
+    return sum("count(" in sql.lower() for sql in sent), [n.image_id for n in found]
+
+
+def test_a_count_that_reached_its_cap_is_not_repeated_for_a_while(loaded, value_graphs, monkeypatch):
+    for name, value in SCALED.items():
+        monkeypatch.setattr(vector_search, name, value)
+    vector_search.forget_space(loaded.space.pk)
+    walked = [case for case in loaded.cases if any(part.graph and part.matching is not None for part in
+                                                   plan_for(space=loaded.space, image_filter=case.filters.embedding_q()).parts)]
+    assert walked
+    for case in walked:
+        vector_search.forget_space(loaded.space.pk)
+        first, found = _counts_sent(loaded, case, 0)
+        again, found_again = _counts_sent(loaded, case, 0)
+        assert first > again and found_again == found, case.label
+    monkeypatch.setattr(vector_search, "KNOWN_TTL", -1)  # past its time: counted again
+    assert _counts_sent(loaded, case, 0)[0] == first
+
+
+def test_a_count_below_its_cap_is_made_again_so_new_matches_are_found(loaded, value_graphs, monkeypatch):
+    """A part ranked exactly by the ids it counted: an image that matches since the last search (a
+    city corrected) is found by the next one."""
+    from django.db import connection
+
+    for name, value in SCALED.items():
+        monkeypatch.setattr(vector_search, name, value)
+    case = next(c for c in loaded.cases if "its camera size" in c.label)
+    plan = plan_for(space=loaded.space, image_filter=case.filters.embedding_q())
+    assert any(part.exact and part.image_ids for part in plan.parts), plan
+    filters, collection = case.filters, loaded.collection
+    outside = np.flatnonzero((collection.width == filters.min_width) & (collection.height == filters.min_height)
+                             & ~case.mask & (collection.city != ""))
+    image_id = int(loaded.image_ids[outside[0]])
+    query = collection.vectors[outside[0]]
+    search = lambda: nearest(space=loaded.space, vector=query, image_filter=filters.embedding_q(), offset=0, limit=10)
+    assert image_id not in [n.image_id for n in search()]
+    search()  # counted again: nothing kept of a count below its cap
+    with connection.cursor() as cursor:  # the triggers copy the city into the embedding
+        cursor.execute("UPDATE catalog_image SET city = %s WHERE id = %s", [filters.cities[0], image_id])
+    assert search()[0].image_id == image_id

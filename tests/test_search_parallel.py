@@ -30,6 +30,7 @@ SCALED = {"EXACT_MIN_ROWS": ROWS // 50, "EXACT_SHARE": 0.30, "EXACT_MAX_ROWS": R
 def graphed(monkeypatch):
     for name, value in SCALED.items():
         monkeypatch.setattr(vector_search, name, value)
+    monkeypatch.setattr(vector_search, "YEAR_BLOCKS", ())  # a range of years: one part per year, several parts
     collection = make_collection(ROWS, dims=DIMS, seed=5)
     with transaction.atomic():
         space, image_ids = load_collection(collection, space_name="test/side-by-side")
@@ -134,7 +135,7 @@ def test_a_part_counted_while_it_is_walked_keeps_the_plan_its_count_decides(grap
     settings.SEARCH_PARALLEL = 2
     # Every part of a value graph with more conditions is guessed to be walked, so that the cases whose
     # count says "rank exactly" show a guess undone.
-    monkeypatch.setattr(vector_search, "_likely_walked", lambda matched, share_limit: True)
+    monkeypatch.setattr(vector_search, "_likely_walked", lambda *args: True)
     ranked = []
     rank = vector_search._rank
     monkeypatch.setattr(vector_search, "_rank", lambda part, *args: ranked.append(part) or rank(part, *args))
@@ -300,7 +301,7 @@ def test_a_walk_its_count_made_needless_is_cancelled(graphed, settings, monkeypa
     (PostgreSQL drops a cancel that finds its backend idle: it must be sent again)."""
     collection, space, image_ids = graphed
     settings.SEARCH_PARALLEL = 2
-    monkeypatch.setattr(vector_search, "_likely_walked", lambda matched, share_limit: True)
+    monkeypatch.setattr(vector_search, "_likely_walked", lambda *args: True)
     case = _guessed_yet_ranked_exactly(collection, space)
     rank = vector_search._rank
     walks = []
