@@ -2,7 +2,6 @@
 parsed strictly (see imagesearch/env.py and the table in README.md)."""
 
 from datetime import timedelta
-import os
 from pathlib import Path
 import secrets
 
@@ -10,6 +9,7 @@ from csp.constants import NONCE as CSP_NONCE
 
 from django.core.exceptions import ImproperlyConfigured
 
+from imagesearch.cpus import usable_cores
 from imagesearch.env import Env, parse_database_url
 
 env = Env()
@@ -206,8 +206,8 @@ QUERY_MAX_PIXELS = env.int("IMAGESEARCH_QUERY_MAX_PIXELS", 64_000_000, minimum=1
 QUERY_DECODES = env.int("IMAGESEARCH_QUERY_DECODES", 2, minimum=1, maximum=64)
 THUMBNAIL_MAX_SIDE = env.int("IMAGESEARCH_THUMBNAIL_SIZE", 320, minimum=16, maximum=2048)
 # Database connections a filtered search walks its value graphs on side by side (PostgreSQL walks an
-# HNSW graph on one core); 1: one after the other; 0: min(4, this machine's cores).
-SEARCH_PARALLEL = env.int("IMAGESEARCH_SEARCH_PARALLEL", 0, minimum=0, maximum=32) or min(4, os.cpu_count() or 1)
+# HNSW graph on one core); 1: one after the other; 0: min(4, the cores this process may use).
+SEARCH_PARALLEL = env.int("IMAGESEARCH_SEARCH_PARALLEL", 0, minimum=0, maximum=32) or min(4, usable_cores())
 # Processes that decode and resize while the model embeds the previous batch; 0: sized to the
 # machine (catalog.ingest.decoding.default_workers).
 INGEST_DECODE_WORKERS = env.int("IMAGESEARCH_DECODE_WORKERS", 0, minimum=0, maximum=256)

@@ -28,6 +28,7 @@ import numpy as np
 
 from catalog.imaging import ImageMetadata, ImageRejected, decode_image, fit_model_input, make_thumbnail
 from catalog.ingest import video
+from imagesearch import cpus
 
 CHILD_DIED = "could not be processed: the decoding process died (out of memory, or a decoder crashed)"
 
@@ -108,10 +109,7 @@ def short_error(error: BaseException) -> str:
 
 
 def usable_cores() -> int:
-    try:
-        return len(os.sched_getaffinity(0))
-    except (AttributeError, OSError):
-        return os.cpu_count() or 1
+    return cpus.usable_cores()
 
 
 def default_workers(*, cuda: bool, cores: int | None = None) -> int:
