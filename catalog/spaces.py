@@ -403,8 +403,9 @@ def _filter_value_counts(space: EmbeddingSpace) -> dict[tuple[str, str], int]:
 
 def _year_block_counts(by_year: dict[int, int]) -> dict[tuple[str, str], int]:
     """{("year", "2016-2019"): rows} of the aligned blocks of vector_search.YEAR_BLOCKS years (a
-    block starts at a multiple of its length) that have rows in both halves: a block with one
-    empty half is that half, which has its graph already."""
+    block starts at a multiple of its length) whose halves each hold a quarter of its rows or more:
+    a block that is mostly one half would be a second graph of nearly the same rows, walked at a
+    block's recall where that half's years would serve."""
     counts = {}
     for length in vector_search.YEAR_BLOCKS:
         half = length // 2
@@ -412,7 +413,7 @@ def _year_block_counts(by_year: dict[int, int]) -> dict[tuple[str, str], int]:
             last = first + length - 1
             halves = (sum(by_year.get(y, 0) for y in range(first, first + half)),
                       sum(by_year.get(y, 0) for y in range(first + half, last + 1)))
-            if 1 <= first and last <= 9998 and all(halves):
+            if 1 <= first and last <= 9998 and sum(halves) and min(halves) >= sum(halves) / 4:
                 counts[(FilterGraph.Column.YEAR.value, f"{first:04d}-{last:04d}")] = sum(halves)
     return counts
 

@@ -118,7 +118,8 @@ SPACE_SIZE_TTL = 60.0     # seconds a process trusts its estimate of a space's s
 # are the planner's estimates: at 1,000,000 images counting Springfield's landscape photos 4,000 px
 # wide up to 30% of its graph took 49 ms of a 62 ms search. A count below its cap is never kept (its
 # ids must be current), and one that reached it only grows as images come: a kept one can be wrong
-# only after deletions, and then costs a walk that gives up (ranked exactly) or a little recall.
+# only after deletions or edits (a city corrected), for KNOWN_TTL at most from its count, and then costs
+# a walk that gives up (ranked exactly) or a little recall, never a row that does not match.
 KNOWN_TTL = 60.0
 KNOWN_MAX = 4_096         # filters a process keeps counts and estimates of (all dropped past it)
 
@@ -260,19 +261,22 @@ def _part(space: EmbeddingSpace, image_filter: Q, size: int, limit: int, using: 
     if estimate is not None and estimate > ESTIMATE_MARGIN * limit:  # past the limit: no need to count to it
         return Part(image_filter, exact=False, ef_search=_filtered_ef_search(estimate / max(size, 1)))
     matching = ids = None
-    if _known(_reached, (using, space.pk, image_filter, limit + 1)):  # counted lately: past the limit
+    known = (using, space.pk, image_filter, limit + 1)
+    if _known(_reached, known):  # counted lately: past the limit (kept from that count on, not renewed)
         matching = limit + 1
-    elif len(columns) > 1:
-        # Several columns (correlated, misestimated): the count reads one covering index and keeps the
-        # ids, so the ranking reads only the rows that match instead of all those one bound matches.
-        matching, ids = _matching_ids(matched, min(limit, IDS_MAX_ROWS) + 1, using)
-        if matching > min(limit, IDS_MAX_ROWS):
-            matching = ids = None
-    if matching is None:  # one column, or too many ids to pass around: its index finds the rows
-        matching = matched.values("pk")[:limit + 1].count()
+    else:
+        if len(columns) > 1:
+            # Several columns (correlated, misestimated): the count reads one covering index and keeps the
+            # ids, so the ranking reads only the rows that match instead of all those one bound matches.
+            matching, ids = _matching_ids(matched, min(limit, IDS_MAX_ROWS) + 1, using)
+            if matching > min(limit, IDS_MAX_ROWS):
+                matching = ids = None
+        if matching is None:  # one column, or too many ids to pass around: its index finds the rows
+            matching = matched.values("pk")[:limit + 1].count()
+        if matching > limit:
+            _keep(_reached, known, True)
     if matching <= limit:
         return Part(image_filter, exact=True, matching=matching, image_ids=ids)
-    _keep(_reached, (using, space.pk, image_filter, limit + 1), True)
     # More than ``limit`` match: the planner's estimate, never below what was counted, sizes ef_search.
     selectivity = min(1.0, max(matching, _estimate(space, image_filter, using)) / max(size, 1))
     return Part(image_filter, exact=False, matching=matching, ef_search=_filtered_ef_search(selectivity))
@@ -769,7 +773,8 @@ def _split_years(conditions: list, graphs: dict) -> _Split | None:
     for column, value in graphs:
         if column == "year":
             first, last = year_span(value)
-            spans.append((year_bounds(first)[0], year_bounds(last)[1], value))
+            if 1 <= first <= last <= 9998:  # a hand-made row outside what refresh_filter_graphs builds serves nothing
+                spans.append((year_bounds(first)[0], year_bounds(last)[1], value))
     if not spans:
         return None
     parts, uncovered, cursor = [], [], low  # [cursor, ...) is not yet covered
@@ -827,8 +832,8 @@ def _graphs_of(space: EmbeddingSpace, using: str) -> dict[tuple[str, str], int]:
 def forget_space(space_id: int) -> None:
     """Drop what this process keeps about a space (its size, graph build, value graphs, counts)."""
     for store in (_space_sizes, _graph_builds, _value_graphs, _reached, _estimates):
-        for key in [key for key in store if key[1] == space_id]:
-            del store[key]
+        for key in [key for key in list(store) if key[1] == space_id]:  # searches may add keys meanwhile
+            store.pop(key, None)
 
 
 def forget_counts() -> None:
@@ -885,14 +890,17 @@ def _cached(store: dict, key, compute):
 def _known(store: dict, key):
     """What ``_keep`` put in ``store`` under ``key`` within KNOWN_TTL seconds, or None."""
     kept = store.get(key)
-    return kept[1] if kept is not None and time.monotonic() - kept[0] <= KNOWN_TTL else None
+    return kept[1] if kept is not None and _now() - kept[0] <= KNOWN_TTL else None
 
 
 def _keep(store: dict, key, value):
     if len(store) >= KNOWN_MAX:  # bounded whatever the filters: dropped at once, counted again
         store.clear()
-    store[key] = (time.monotonic(), value)
+    store[key] = (_now(), value)
     return value
+
+
+_now = time.monotonic  # the clock of kept counts (a test moves it)
 
 
 def _estimated_rows(queryset: QuerySet) -> int:
@@ -914,6 +922,7 @@ def refresh_planner_statistics(using: str = "default") -> None:
     _space_sizes.clear()
     _graph_builds.clear()
     _value_graphs.clear()
+    forget_counts()
     connection = connections[using]
     with connection.cursor() as cursor:
         # VACUUM cannot run inside a transaction block; ANALYZE alone still helps there.

@@ -327,13 +327,15 @@ def _utc(year: int, month: int = 1) -> datetime:
 
 def test_year_blocks_are_aligned_and_have_rows_in_both_halves(monkeypatch):
     monkeypatch.setattr(vector_search, "YEAR_BLOCKS", (4,))
-    # 2016-2019 only: the other blocks have an empty half (where the other half's graphs serve alone).
-    assert spaces._year_block_counts({2015: 5, 2016: 7, 2017: 1, 2019: 2, 2021: 3}) == {("year", "2016-2019"): 10}
+    # 2016-2019 only: the other blocks have an empty half (each half needs a quarter of the block's rows).
+    assert spaces._year_block_counts({2015: 5, 2016: 7, 2017: 1, 2018: 1, 2019: 2, 2021: 3}) == {("year", "2016-2019"): 11}
+    # A block that is mostly one half would be a second graph of nearly that half's rows.
+    assert spaces._year_block_counts({2016: 1, 2019: 300}) == {}
     # Four-digit years from 1 to 9998 (no block starts at 0; 9999 has no following year to bound it).
     assert spaces._year_block_counts({1: 4, 2: 4, 3: 4, 4: 2, 6: 2, 9996: 1, 9998: 1}) == {("year", "0004-0007"): 4}
     monkeypatch.setattr(vector_search, "YEAR_BLOCKS", (2, 4))
-    assert spaces._year_block_counts({2015: 5, 2016: 7, 2017: 1, 2019: 2}) == {
-        ("year", "2016-2017"): 8, ("year", "2016-2019"): 10}
+    assert spaces._year_block_counts({2015: 5, 2016: 4, 2017: 3, 2018: 2, 2019: 2}) == {
+        ("year", "2016-2017"): 7, ("year", "2018-2019"): 4, ("year", "2016-2019"): 11}
 
 
 @pytest.mark.parametrize("low, high, walks, rest", [
@@ -434,3 +436,29 @@ def test_a_count_below_its_cap_is_made_again_so_new_matches_are_found(loaded, va
     with connection.cursor() as cursor:  # the triggers copy the city into the embedding
         cursor.execute("UPDATE catalog_image SET city = %s WHERE id = %s", [filters.cities[0], image_id])
     assert search()[0].image_id == image_id
+
+
+def test_a_kept_count_is_made_again_after_its_time_however_often_its_filter_is_searched(loaded, monkeypatch):
+    from django.db import connection
+
+    from catalog.search import ImageFilters
+
+    for name, value in SCALED.items():
+        monkeypatch.setattr(vector_search, name, value)
+    monkeypatch.setattr(vector_search, "_graphs_of", lambda space, using: {})
+    # Two columns, so counted (never walked on the planner's word), past the exact limit: walked.
+    cities, rows = np.unique(loaded.collection.city[loaded.collection.city != ""], return_counts=True)
+    image_filter = ImageFilters(cities=(str(cities[np.argmax(rows)]),), min_width=1).embedding_q()
+    plan = plan_for(space=loaded.space, image_filter=image_filter)
+    assert not plan.exact and plan.matching, plan
+    clock = [1_000.0]
+    monkeypatch.setattr(vector_search, "_now", lambda: clock[0])
+    vector_search.forget_space(loaded.space.pk)
+    counts = []
+    for _ in range(4):  # searched every 0.6 KNOWN_TTL: kept, then counted again as its first count expires
+        sent = []
+        with connection.execute_wrapper(lambda execute, sql, *args: sent.append(sql) or execute(sql, *args)):
+            nearest(space=loaded.space, vector=loaded.queries[0], image_filter=image_filter, offset=0, limit=10)
+        counts.append(sum("count(" in sql.lower() for sql in sent))
+        clock[0] += 0.6 * vector_search.KNOWN_TTL
+    assert counts[0] > 0 and counts[1] == 0 and counts[2] == counts[0] and counts[3] == 0, counts

@@ -56,3 +56,31 @@ def test_embeddings_of_the_old_schema_become_searchable_rows_with_their_images_c
         assert "halfvec_ip_ops" in cursor.fetchone()[0]
     found = nearest(space=space, vector=vectors[0], image_filter=Q(city="Paris"), offset=0, limit=5)
     assert found[0].distance == pytest.approx(0.0, abs=1e-3)  # image 0 is in Paris: its own vector first
+
+
+def test_going_back_before_year_blocks_drops_the_blocks_graphs_and_keeps_the_years():
+    from catalog.models import EmbeddingSpace, FilterGraph
+
+    space = EmbeddingSpace.objects.create(name="test/blocks-back", dimensions=8)
+    graphs = [FilterGraph.objects.create(space=space, column="year", value=value, rows=1)
+              for value in ("2016", "2016-2019")]
+    names = [graph.index_name for graph in graphs]
+
+    def index_exists(name):
+        with connection.cursor() as cursor:
+            cursor.execute("SELECT to_regclass(%s) IS NOT NULL", [name])
+            return cursor.fetchone()[0]
+
+    with connection.cursor() as cursor:  # stand-ins for the graphs' indexes: only their names matter here
+        for name in names:
+            cursor.execute(f'CREATE INDEX "{name}" ON catalog_embedding (id) WHERE space_id = {space.pk}')
+    try:
+        _migrate(("catalog", "0018_filter_graphs"))
+        with connection.cursor() as cursor:
+            cursor.execute("SELECT value FROM catalog_filtergraph WHERE space_id = %s", [space.pk])
+            assert [value for (value,) in cursor.fetchall()] == ["2016"]
+        assert index_exists(names[0]) and not index_exists(names[1])
+    finally:
+        _migrate(None)
+        with connection.cursor() as cursor:
+            cursor.execute(f'DROP INDEX IF EXISTS "{names[0]}"')
