@@ -455,8 +455,9 @@ def test_a_kept_count_is_made_again_after_its_time_however_often_its_filter_is_s
     monkeypatch.setattr(vector_search, "_now", lambda: clock[0])
     vector_search.forget_space(loaded.space.pk)
     counts = []
+    sent = []
     for _ in range(4):  # searched every 0.6 KNOWN_TTL: kept, then counted again as its first count expires
-        sent = []
+        sent.clear()
         with connection.execute_wrapper(lambda execute, sql, *args: sent.append(sql) or execute(sql, *args)):
             nearest(space=loaded.space, vector=loaded.queries[0], image_filter=image_filter, offset=0, limit=10)
         counts.append(sum("count(" in sql.lower() for sql in sent))
