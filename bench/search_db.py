@@ -474,7 +474,8 @@ def main() -> None:
     if "year-blocks" in without:
         graphs_of = vector_search._graphs_of
         vector_search._graphs_of = lambda space, using: {
-            key: rows for key, rows in graphs_of(space, using).items() if not vector_search._year_block("=".join(key))}
+            (column, value): rows for (column, value), rows in graphs_of(space, using).items()
+            if not (column == "year" and "-" in value)}
     if args.ef_search:
         vector_search.EF_SEARCH_UNFILTERED = vector_search.EF_SEARCH_UNFILTERED_DENSE = args.ef_search
         vector_search.EF_SEARCH_FILTERED = args.ef_search

@@ -700,11 +700,6 @@ def _split(image_filter: Q, graphs: dict[tuple[str, str], int]) -> _Split | None
     return best
 
 
-def _year_block(label: str) -> bool:
-    """Whether a graph's label names a block of years ("year=2016-2019")."""
-    return label.startswith("year=") and "-" in label
-
-
 def _graph_rows(split: _Split) -> int:
     return sum(rows for _, rows, _, _ in split.graph_parts)
 

@@ -28,7 +28,7 @@ import numpy as np
 
 from catalog.imaging import ImageMetadata, ImageRejected, decode_image, fit_model_input, make_thumbnail
 from catalog.ingest import video
-from imagesearch import cpus
+from imagesearch.cpus import usable_cores
 
 CHILD_DIED = "could not be processed: the decoding process died (out of memory, or a decoder crashed)"
 
@@ -106,10 +106,6 @@ def finish(image, metadata: ImageMetadata, spec: DecodeSpec) -> Decoded:
 def short_error(error: BaseException) -> str:
     text = str(error).strip().splitlines()[0][:200] if str(error).strip() else ""
     return f"{type(error).__name__}: {text}" if text else type(error).__name__
-
-
-def usable_cores() -> int:
-    return cpus.usable_cores()
 
 
 def default_workers(*, cuda: bool, cores: int | None = None) -> int:
