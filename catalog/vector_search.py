@@ -126,7 +126,7 @@ KNOWN_MAX = 4_096         # filters a process keeps counts and estimates of (all
 _space_sizes: dict[tuple[str, int], tuple[float, int]] = {}
 _graph_builds: dict[tuple[str, int], tuple[float, int]] = {}  # (using, space): (when, ef_construction)
 _value_graphs: dict[tuple[str, int], tuple[float, dict]] = {}  # (using, space): (when, {(column, value): rows})
-_reached: dict[tuple, tuple[float, bool]] = {}  # (using, space, filter, cap): (when, True): counts that reached cap
+_reached: dict[tuple, float] = {}  # (using, space, filter, cap): when a count reached cap
 _estimates: dict[tuple, tuple[float, int]] = {}  # (using, space, filter): (when, the planner's estimate)
 
 
@@ -216,7 +216,7 @@ def plan_for(*, space: EmbeddingSpace, image_filter: Q, using: str = "default", 
             continue
         share_limit = max(1, round(GRAPH_SHARE * rows))
         ef_search = round(min(EF_SEARCH_MAX, EF_SEARCH_GRAPH / GRAPH_SHARE ** 0.75))
-        if _known(_reached, (using, space.pk, part_filter, share_limit)):  # counted lately: walked
+        if _reached_lately((using, space.pk, part_filter, share_limit)):  # counted lately: walked
             parts.append(Part(part_filter, exact=False, matching=share_limit, ef_search=ef_search, graph=label))
             continue
         if count_later and _likely_walked(space, part_filter, share_limit, using):
@@ -245,10 +245,8 @@ def _single_column_estimate(space: EmbeddingSpace, image_filter: Q, using: str) 
 
 def _estimate(space: EmbeddingSpace, image_filter: Q, using: str) -> int:
     """The planner's estimate of the rows ``image_filter`` matches in the space (kept KNOWN_TTL)."""
-    key = (using, space.pk, image_filter)
-    if (estimate := _known(_estimates, key)) is None:
-        estimate = _keep(_estimates, key, _estimated_rows(_matched(space, image_filter, using)))
-    return estimate
+    return _cached(_estimates, (using, space.pk, image_filter),
+                   lambda: _estimated_rows(_matched(space, image_filter, using)), ttl=KNOWN_TTL)
 
 
 def _part(space: EmbeddingSpace, image_filter: Q, size: int, limit: int, using: str, *,
@@ -262,7 +260,7 @@ def _part(space: EmbeddingSpace, image_filter: Q, size: int, limit: int, using: 
         return Part(image_filter, exact=False, ef_search=_filtered_ef_search(estimate / max(size, 1)))
     matching = ids = None
     known = (using, space.pk, image_filter, limit + 1)
-    if _known(_reached, known):  # counted lately: past the limit (kept from that count on, not renewed)
+    if _reached_lately(known):  # counted lately: past the limit (kept from that count on, not renewed)
         matching = limit + 1
     else:
         if len(columns) > 1:
@@ -274,7 +272,7 @@ def _part(space: EmbeddingSpace, image_filter: Q, size: int, limit: int, using: 
         if matching is None:  # one column, or too many ids to pass around: its index finds the rows
             matching = matched.values("pk")[:limit + 1].count()
         if matching > limit:
-            _keep(_reached, known, True)
+            _note_reached(known)
     if matching <= limit:
         return Part(image_filter, exact=True, matching=matching, image_ids=ids)
     # More than ``limit`` match: the planner's estimate, never below what was counted, sizes ef_search.
@@ -297,7 +295,7 @@ def _graph_share(space: EmbeddingSpace, image_filter: Q, share_limit: int, using
     else:
         matching, ids = matched.values("pk")[:share_limit].count(), None
     if matching >= share_limit:
-        _keep(_reached, (using, space.pk, image_filter, share_limit), True)
+        _note_reached((using, space.pk, image_filter, share_limit))
     return matching, ids
 
 
@@ -873,26 +871,27 @@ def _space_size(space: EmbeddingSpace, using: str) -> int:
     return _cached(_space_sizes, (using, space.pk), measured)
 
 
-def _cached(store: dict, key, compute):
-    """``compute()``, kept in ``store`` for SPACE_SIZE_TTL seconds per key."""
+def _cached(store: dict, key, compute, *, ttl: float = SPACE_SIZE_TTL):
+    """``compute()``, kept in ``store`` for ``ttl`` seconds per key (KNOWN_MAX keys at most)."""
     now = time.monotonic()
     cached = store.get(key)
-    if cached is None or now - cached[0] > SPACE_SIZE_TTL:
+    if cached is None or now - cached[0] > ttl:
+        if len(store) >= KNOWN_MAX:  # bounded whatever the filters (estimates): dropped at once
+            store.clear()
         cached = store[key] = (now, compute())
     return cached[1]
 
 
-def _known(store: dict, key):
-    """What ``_keep`` put in ``store`` under ``key`` within KNOWN_TTL seconds, or None."""
-    kept = store.get(key)
-    return kept[1] if kept is not None and _now() - kept[0] <= KNOWN_TTL else None
+def _reached_lately(key) -> bool:
+    """Whether a count of ``key`` (using, space, filter, cap) reached its cap within KNOWN_TTL seconds."""
+    when = _reached.get(key)
+    return when is not None and _now() - when <= KNOWN_TTL
 
 
-def _keep(store: dict, key, value):
-    if len(store) >= KNOWN_MAX:  # bounded whatever the filters: dropped at once, counted again
-        store.clear()
-    store[key] = (_now(), value)
-    return value
+def _note_reached(key) -> None:
+    if len(_reached) >= KNOWN_MAX:  # bounded whatever the filters: dropped at once, counted again
+        _reached.clear()
+    _reached[key] = _now()
 
 
 _now = time.monotonic  # the clock of kept counts (a test moves it)
