@@ -91,6 +91,23 @@ def _table_rows(name: str) -> int:
     return _scalar(f"SELECT count(*) FROM {name}")
 
 
+def prewarm(space) -> str:
+    """Read the space's rows and graphs into shared_buffers (as much as fits), as a server that has
+    run a while holds them (or autoprewarm restores after a restart): measured from a restart
+    instead, the first walks of a graph read its pages from the OS and took 2-5x as long."""
+    started = time.perf_counter()
+    with connection.cursor() as cursor:
+        cursor.execute("CREATE EXTENSION IF NOT EXISTS pg_prewarm")
+        # The table, its btree indexes (the counts) and this space's graphs, not other spaces'.
+        graphs = [space.index_name, *(graph.index_name for graph in FilterGraph.objects.filter(space=space))]
+        cursor.execute("SELECT coalesce(sum(pg_prewarm(c.oid)), 0) FROM pg_class c JOIN pg_am am ON am.oid = c.relam "
+                       "WHERE c.oid = 'catalog_embedding'::regclass OR c.oid IN ("
+                       "SELECT indexrelid FROM pg_index WHERE indrelid = 'catalog_embedding'::regclass) "
+                       "AND (am.amname <> 'hnsw' OR c.relname = ANY(%s))", [graphs])
+        blocks = cursor.fetchone()[0]
+    return f" (prewarmed: {blocks * 8 / 2**20:.1f} GB read in {time.perf_counter() - started:.0f} s)"
+
+
 def ensure_space(collection, rows: int, seed: int):
     """The space holding this collection, loaded and indexed once; (space, image ids, build info)."""
     call_command("migrate", verbosity=0)
@@ -161,6 +178,26 @@ def pct(values, q) -> float:
 def _sorted(neighbours) -> bool:
     keys = [(n.distance, n.image_id) for n in neighbours]
     return all(a[0] <= b[0] for a, b in zip(keys, keys[1:]))
+
+
+def mixed_cases(space, collection, queries, args) -> None:
+    """Every case's query j, then every case's query j + 1, ...: a server serving many filters at once,
+    whose graphs compete for shared_buffers (measure_cases warms each case's pages before timing it)."""
+    cases = [(case.label, case.filters.embedding_q()) for case in filter_cases(collection) if args.only in case.label]
+    times: dict[str, list[float]] = {label: [] for label, _ in cases}
+    for j, q in enumerate(queries):
+        for label, image_filter in cases:
+            started = time.perf_counter()
+            vector_search.nearest(space=space, vector=q, image_filter=image_filter, offset=0, limit=10)
+            if j:  # the first round warms the counts (KNOWN_TTL) and as many pages as fit
+                times[label].append(_ms(started))
+    log("| case (k=10, cases interleaved) | p50 ms | p95 ms |\n|---|---:|---:|")
+    for label, _ in cases:
+        log(f"| {label} | {pct(times[label], 50):.1f} | {pct(times[label], 95):.1f} |")
+    filtered = [label for label, _ in cases if label != "no filter"]
+    log(f"\ninterleaved: filtered cases with p95 <= 50 ms: "
+        f"{sum(pct(times[label], 95) <= 50 for label in filtered)} of {len(filtered)}; worst p95 "
+        f"{max((pct(times[label], 95) for label in filtered), default=float('nan')):.1f} ms")
 
 
 def measure_cases(space, collection, image_ids, queries, scores, args) -> list[dict]:
@@ -456,6 +493,10 @@ def main() -> None:
                         help="only: the space's index against side indexes 'M:EFC[,M:EFC]' (built once, kept), unfiltered")
     parser.add_argument("--sweep-ef", default="200,300,400,500,600,800", help="ef_search values for --graphs")
     parser.add_argument("--halfvec", action="store_true", help="only halfvec against full-precision vector (side table)")
+    parser.add_argument("--mixed", action="store_true",
+                        help="only: the cases' queries interleaved (k=10), p50 / p95 per case")
+    parser.add_argument("--cold", action="store_true",
+                        help="measure without reading the space's rows and graphs into shared_buffers first")
     parser.add_argument("--only", default="", help="only the filter cases whose label contains this")
     parser.add_argument("--load-only", action="store_true", help="load and index the collection, measure nothing")
     parser.add_argument("--no-value-graphs", action="store_true",
@@ -492,6 +533,7 @@ def main() -> None:
     if args.load_only:
         return
     scores = all_scores(collection, queries)
+    warmed = "" if args.cold else prewarm(space)
 
     with connection.cursor() as cursor:
         cursor.execute("SELECT current_setting('shared_buffers'), current_setting('server_version'), "
@@ -502,7 +544,7 @@ def main() -> None:
     built = (f"built in {info['index_s']:.0f} s" if graph == (info["m"], info["ef_construction"])
              else "rebuilt since the load (manage.py models reindex)")
     log(f"\n{args.rows:,} x {DIMS}-d clustered vectors (seed {args.seed}) in {space.name!r}; {args.queries} queries "
-        f"per case; PostgreSQL {server.split()[0]}, pgvector {pgvector}, shared_buffers {shared_buffers}; "
+        f"per case; PostgreSQL {server.split()[0]}, pgvector {pgvector}, shared_buffers {shared_buffers}{warmed}; "
         f"HNSW m={graph[0]} ef_construction={graph[1]}: {index_size / 2**20:.0f} MB, "
         f"{built}; catalog_embedding {table_size / 2**20:.0f} MB; "
         f"SEARCH_PARALLEL {settings.SEARCH_PARALLEL}; without: {', '.join(sorted(without)) or 'nothing'}; "
@@ -516,6 +558,9 @@ def main() -> None:
     if args.halfvec:
         for line in halfvec_comparison(space, collection, image_ids, queries, scores, info, args):
             log(line)
+        return
+    if args.mixed:
+        mixed_cases(space, collection, queries, args)
         return
     log(CASE_HEADER)
     rows = measure_cases(space, collection, image_ids, queries, scores, args)

@@ -9,8 +9,8 @@ from csp.constants import NONCE as CSP_NONCE
 
 from django.core.exceptions import ImproperlyConfigured
 
-from imagesearch.cpus import usable_cores
 from imagesearch.env import Env, parse_database_url
+from imagesearch.machine import usable_cores, usable_memory
 
 env = Env()
 
@@ -113,14 +113,20 @@ else:
             "NAME": "imagesearch",
             "OPTIONS": {
                 "pgdata": str(DATA_DIR / "pgdata"),
-                # The HNSW index and the vectors must fit in memory for fast searches
-                # (bench/search_db.py: 100k vectors, 128MB -> 1GB took unfiltered p50 16.6 -> 10.5 ms).
+                # The HNSW graphs and the vectors must fit in memory for fast searches: a quarter of it,
+                # PostgreSQL's own advice (bench/search_db.py --mixed, 1M with value graphs, filters
+                # interleaved: 1GB -> 6GB took unfiltered p95 33-36 -> 17-21 ms, filtered cases within
+                # 50 ms p95 27-29 -> 35-36 of 36).
                 "server_settings": {
-                    "shared_buffers": env.str("IMAGESEARCH_EMBEDDED_SHARED_BUFFERS", "1GB"),
+                    "shared_buffers": env.str("IMAGESEARCH_EMBEDDED_SHARED_BUFFERS",
+                                              f"{max(128, usable_memory() // 4 // 2**20)}MB"),
                     "maintenance_work_mem": "512MB",  # HNSW index builds
-                    "effective_cache_size": "4GB",
+                    "effective_cache_size": f"{max(512, usable_memory() // 2 // 2**20)}MB",
                     "random_page_cost": "1.1",
                     "jit": "off",
+                    # Reads the buffers of before a restart back in (autoprewarm): the first searches
+                    # after it are not cold (a cold graph walk took 2-5x as long as a warm one).
+                    "shared_preload_libraries": "pg_prewarm",
                 },
             },
         }

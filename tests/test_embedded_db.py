@@ -11,6 +11,7 @@ from django.conf import settings
 from django.db import connection
 
 from imagesearch.embedded_db.server import _forget_dead_holders
+from imagesearch.machine import usable_memory
 
 
 @pytest.mark.django_db
@@ -23,6 +24,19 @@ def test_server_runs_with_the_configured_settings_and_pgvector():
         assert cursor.fetchone()[0] == wanted["shared_buffers"]
         cursor.execute("SHOW jit")
         assert cursor.fetchone()[0] == "off"
+        cursor.execute("SHOW shared_preload_libraries")  # autoprewarm: warm buffers after a restart
+        assert cursor.fetchone()[0] == "pg_prewarm"
+        cursor.execute("SHOW pg_prewarm.autoprewarm")
+        assert cursor.fetchone()[0] == "on"
+
+
+def test_the_embedded_server_gets_a_quarter_of_the_memory_by_default():
+    if settings.DATABASES["default"]["ENGINE"] != "imagesearch.embedded_db" or (
+            "IMAGESEARCH_EMBEDDED_SHARED_BUFFERS" in os.environ):
+        pytest.skip("an external server, or buffers set explicitly")
+    wanted = settings.DATABASES["default"]["OPTIONS"]["server_settings"]
+    assert wanted["shared_buffers"] == f"{max(128, usable_memory() // 4 // 2**20)}MB"
+    assert wanted["effective_cache_size"] == f"{max(512, usable_memory() // 2 // 2**20)}MB"
 
 
 def test_holders_killed_without_cleanup_are_forgotten(tmp_path):

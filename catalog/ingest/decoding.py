@@ -28,7 +28,7 @@ import numpy as np
 
 from catalog.imaging import ImageMetadata, ImageRejected, decode_image, fit_model_input, make_thumbnail
 from catalog.ingest import video
-from imagesearch.cpus import usable_cores
+from imagesearch.machine import usable_cores
 
 CHILD_DIED = "could not be processed: the decoding process died (out of memory, or a decoder crashed)"
 

@@ -25,4 +25,6 @@ if [ ! -s "$PGDATA/PG_VERSION" ]; then
         -D "$PGDATA" -R -X stream --checkpoint=fast --progress
 fi
 # PG_VERSION exists now, so the image's entry point skips initdb and starts the standby.
-exec docker-entrypoint.sh postgres
+# The compose file's command (postgres and its settings, as db has them), or plain postgres.
+[ "$#" -gt 0 ] || set -- postgres
+exec docker-entrypoint.sh "$@"

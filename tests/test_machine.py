@@ -1,4 +1,5 @@
-"""The cores a process may use: its affinity, capped by a container's CPU quota (cgroup v2 or v1)."""
+"""The cores and memory a process may use: affinity and physical memory, capped by a container's cgroup
+(v2 or v1) limits."""
 
 from __future__ import annotations
 
@@ -6,7 +7,7 @@ import os
 
 import pytest
 
-from imagesearch.cpus import cgroup_quota, usable_cores
+from imagesearch.machine import cgroup_memory_limit, cgroup_quota, usable_cores, usable_memory
 
 
 def _cgroup(tmp_path, files: dict[str, str]):
@@ -35,3 +36,23 @@ def test_usable_cores_are_the_affinity_capped_by_the_quota_rounded_up(tmp_path, 
     assert usable_cores(cgroup=_cgroup(tmp_path / "c", {"cpu.max": "max 100000"})) == 64
     monkeypatch.setattr(os, "sched_getaffinity", lambda pid: {0, 1})
     assert usable_cores(cgroup=_cgroup(tmp_path / "d", {"cpu.max": "800000 100000"})) == 2
+
+
+@pytest.mark.parametrize("files, limit", [
+    ({"memory.max": "2147483648\n"}, 2 * 2**30),                                   # v2: --memory=2g
+    ({"memory.max": "max\n"}, None),                                               # v2: no limit
+    ({"memory/memory.limit_in_bytes": "1073741824\n"}, 2**30),                     # v1
+    ({"memory.max": "lots\n"}, None),
+    ({}, None),
+])
+def test_the_cgroup_memory_limit_is_read_from_v2_or_v1_files(tmp_path, files, limit):
+    assert cgroup_memory_limit(_cgroup(tmp_path, files)) == limit
+
+
+def test_usable_memory_is_the_machines_capped_by_the_cgroup_limit(tmp_path, monkeypatch):
+    pages = {"SC_PAGE_SIZE": 4096, "SC_PHYS_PAGES": 16 * 2**30 // 4096}  # a 16 GiB machine
+    monkeypatch.setattr(os, "sysconf", pages.__getitem__)
+    assert usable_memory(cgroup=_cgroup(tmp_path / "a", {"memory.max": str(2 * 2**30)})) == 2 * 2**30
+    assert usable_memory(cgroup=_cgroup(tmp_path / "b", {"memory.max": "max"})) == 16 * 2**30
+    # cgroup v1 without a limit reports a number larger than the machine
+    assert usable_memory(cgroup=_cgroup(tmp_path / "c", {"memory/memory.limit_in_bytes": str(2**63 - 4096)})) == 16 * 2**30
