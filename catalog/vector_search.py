@@ -300,11 +300,12 @@ def _graph_share(space: EmbeddingSpace, image_filter: Q, share_limit: int, using
 
 
 def _matching_ids(matched: QuerySet, cap: int, using: str) -> tuple[int, str]:
-    """How many rows ``matched`` has (at most ``cap``), and their image ids as an array literal."""
+    """How many rows ``matched`` has (at most ``cap``), and their image ids as an array literal (None
+    at the cap, where every caller walks instead: 19,000 ids written out and sent took 3-4 ms)."""
     sql, params = matched.values("image_id")[:cap].query.get_compiler(using).as_sql()
     with connections[using].cursor() as cursor:
-        cursor.execute(f"SELECT count(*), coalesce(array_agg(image_id)::text, '{{}}') FROM ({sql}) AS matched",
-                       params)
+        cursor.execute(f"SELECT count(*), CASE WHEN count(*) < %s THEN coalesce(array_agg(image_id)::text, '{{}}') "
+                       f"END FROM ({sql}) AS matched", [cap, *params])
         return cursor.fetchone()
 
 

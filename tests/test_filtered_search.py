@@ -21,7 +21,7 @@ from django.db.models import Q
 
 from bench.clustered import exact_neighbours, filter_cases, image_ids_of, load_collection, make_collection, make_queries
 from catalog import spaces, vector_search
-from catalog.models import EmbeddingSpace, FilterGraph
+from catalog.models import Embedding, EmbeddingSpace, FilterGraph
 from catalog.search import MAX_PAGE, SearchError, SearchParams
 from catalog.vector_search import MAX_DEPTH, nearest, plan_for
 from tests.conftest import rolled_back_at_end
@@ -463,3 +463,14 @@ def test_a_kept_count_is_made_again_after_its_time_however_often_its_filter_is_s
         counts.append(sum("count(" in sql.lower() for sql in sent))
         clock[0] += 0.6 * vector_search.KNOWN_TTL
     assert counts[0] > 0 and counts[1] == 0 and counts[2] == counts[0] and counts[3] == 0, counts
+
+
+def test_a_count_sends_its_ids_only_below_its_cap(loaded):
+    """At the cap the part is walked, so the ids are not written out and sent."""
+    case = next(c for c in loaded.cases if c.label.startswith("orientation square"))
+    matched = Embedding.objects.filter(space=loaded.space).filter(case.filters.embedding_q())
+    rows = int(case.mask.sum())
+    assert vector_search._matching_ids(matched, rows - 1, "default") == (rows - 1, None)
+    count, ids = vector_search._matching_ids(matched, rows + 1, "default")
+    assert count == rows and sorted(map(int, ids.strip("{}").split(","))) == sorted(
+        image_ids_of(np.flatnonzero(case.mask), loaded.image_ids))
