@@ -93,8 +93,8 @@ def _table_rows(name: str) -> int:
 
 def prewarm(space) -> str:
     """Read the space's rows and graphs into shared_buffers (as much as fits), as a server that has
-    run a while holds them (or autoprewarm restores after a restart): measured from a restart
-    instead, the first walks of a graph read its pages from the OS and took 2-5x as long."""
+    run a while holds them (or autoprewarm restores after a restart), rather than timing the first
+    walks of each graph reading its pages one by one."""
     started = time.perf_counter()
     with connection.cursor() as cursor:
         cursor.execute("CREATE EXTENSION IF NOT EXISTS pg_prewarm")

@@ -267,7 +267,7 @@ def _part(space: EmbeddingSpace, image_filter: Q, size: int, limit: int, using: 
             # Several columns (correlated, misestimated): the count reads one covering index and keeps the
             # ids, so the ranking reads only the rows that match instead of all those one bound matches.
             matching, ids = _matching_ids(matched, min(limit, IDS_MAX_ROWS) + 1, using)
-            if matching > min(limit, IDS_MAX_ROWS):
+            if matching > IDS_MAX_ROWS and limit > IDS_MAX_ROWS:  # too many ids: counted on to the limit below
                 matching = ids = None
         if matching is None:  # one column, or too many ids to pass around: its index finds the rows
             matching = matched.values("pk")[:limit + 1].count()
@@ -299,7 +299,7 @@ def _graph_share(space: EmbeddingSpace, image_filter: Q, share_limit: int, using
     return matching, ids
 
 
-def _matching_ids(matched: QuerySet, cap: int, using: str) -> tuple[int, str]:
+def _matching_ids(matched: QuerySet, cap: int, using: str) -> tuple[int, str | None]:
     """How many rows ``matched`` has (at most ``cap``), and their image ids as an array literal (None
     at the cap, where every caller walks instead: 19,000 ids written out and sent took 3-4 ms)."""
     sql, params = matched.values("image_id")[:cap].query.get_compiler(using).as_sql()

@@ -45,8 +45,14 @@ def cgroup_quota(cgroup: Path = CGROUP) -> float | None:
 
 def usable_memory(*, cgroup: Path = CGROUP) -> int:
     """Bytes of memory: the machine's, or its cgroup's limit where lower."""
-    physical = os.sysconf("SC_PAGE_SIZE") * os.sysconf("SC_PHYS_PAGES")
+    try:
+        page, pages = os.sysconf("SC_PAGE_SIZE"), os.sysconf("SC_PHYS_PAGES")
+        physical = page * pages if page > 0 and pages > 0 else -1
+    except (AttributeError, ValueError, OSError):  # not on this platform
+        physical = -1
     limit = cgroup_memory_limit(cgroup)
+    if physical <= 0:
+        return limit or 4 * 2**30  # unknown: a modest machine's
     return min(physical, limit) if limit else physical
 
 

@@ -124,8 +124,8 @@ else:
                     "effective_cache_size": f"{max(512, usable_memory() // 2 // 2**20)}MB",
                     "random_page_cost": "1.1",
                     "jit": "off",
-                    # Reads the buffers of before a restart back in (autoprewarm): the first searches
-                    # after it are not cold (a cold graph walk took 2-5x as long as a warm one).
+                    # Reads the buffers of before a restart back in (autoprewarm), so that the first
+                    # searches after it do not read their graphs page by page.
                     "shared_preload_libraries": "pg_prewarm",
                 },
             },

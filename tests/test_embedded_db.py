@@ -20,8 +20,10 @@ def test_server_runs_with_the_configured_settings_and_pgvector():
         pytest.skip("DATABASE_URL points at an external server")
     wanted = settings.DATABASES["default"]["OPTIONS"]["server_settings"]
     with connection.cursor() as cursor:
-        cursor.execute("SHOW shared_buffers")
-        assert cursor.fetchone()[0] == wanted["shared_buffers"]
+        # In bytes: PostgreSQL shows 2048MB as 2GB.
+        cursor.execute("SELECT pg_size_bytes(current_setting('shared_buffers')) = pg_size_bytes(%s)",
+                       [wanted["shared_buffers"]])
+        assert cursor.fetchone()[0]
         cursor.execute("SHOW jit")
         assert cursor.fetchone()[0] == "off"
         cursor.execute("SHOW shared_preload_libraries")  # autoprewarm: warm buffers after a restart

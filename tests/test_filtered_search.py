@@ -474,3 +474,17 @@ def test_a_count_sends_its_ids_only_below_its_cap(loaded):
     count, ids = vector_search._matching_ids(matched, rows + 1, "default")
     assert count == rows and sorted(map(int, ids.strip("{}").split(","))) == sorted(
         image_ids_of(np.flatnonzero(case.mask), loaded.image_ids))
+
+
+def test_a_filter_on_several_columns_past_the_exact_limit_is_counted_once(loaded, monkeypatch):
+    """Its count gathers ids up to the limit (below IDS_MAX_ROWS), and at the limit it is walked."""
+    for name, value in {"EXACT_MIN_ROWS": 200, "EXACT_SHARE": 0.01, "EXACT_MAX_ROWS": 8000}.items():
+        monkeypatch.setattr(vector_search, name, value)
+    monkeypatch.setattr(vector_search, "_graphs_of", lambda space, using: {})
+    vector_search.forget_space(loaded.space.pk)
+    walked = [case for case in loaded.cases if len(vector_search._columns(case.filters.embedding_q())) > 1
+              and not plan_for(space=loaded.space, image_filter=case.filters.embedding_q()).exact]
+    assert walked
+    for case in walked:
+        vector_search.forget_counts()
+        assert _counts_sent(loaded, case, 0)[0] == 1, case.label

@@ -56,3 +56,9 @@ def test_usable_memory_is_the_machines_capped_by_the_cgroup_limit(tmp_path, monk
     assert usable_memory(cgroup=_cgroup(tmp_path / "b", {"memory.max": "max"})) == 16 * 2**30
     # cgroup v1 without a limit reports a number larger than the machine
     assert usable_memory(cgroup=_cgroup(tmp_path / "c", {"memory/memory.limit_in_bytes": str(2**63 - 4096)})) == 16 * 2**30
+
+
+def test_usable_memory_without_the_machines_figure_falls_back_to_the_cgroup_or_4_gib(tmp_path, monkeypatch):
+    monkeypatch.setattr(os, "sysconf", lambda name: -1)
+    assert usable_memory(cgroup=_cgroup(tmp_path / "a", {"memory.max": str(2**30)})) == 2**30
+    assert usable_memory(cgroup=_cgroup(tmp_path / "b", {})) == 4 * 2**30
