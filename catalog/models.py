@@ -92,6 +92,11 @@ class EmbeddingSpace(models.Model):
     random_init = models.BooleanField(default=False, help_text=_("Random weights (tests only)."))
     error = models.TextField(blank=True, help_text=_("Why the last build run stopped, if it failed."))
     activated_at = models.DateTimeField(null=True, blank=True)
+    # Value graphs (FilterGraph), once asked for (manage.py models graphs): the --min-rows they were
+    # refreshed with and the space's size then; refreshed again by the worker when it has changed
+    # by a tenth (catalog.spaces.refresh_due_graphs). Null: never asked for.
+    graphs_min_rows = models.PositiveIntegerField(null=True, blank=True)
+    graphs_refreshed_rows = models.PositiveBigIntegerField(null=True, blank=True)
 
     objects = EmbeddingSpaceQuerySet.as_manager()
 

@@ -376,8 +376,33 @@ def refresh_filter_graphs(*, name: str, min_rows: int | None = None, report=lamb
             graph.build_index(space)  # a no-op for a valid one; repairs one a killed build left
             changes.append(GraphChange(action, column, value, rows))
             report(changes[-1])
+        # Asked for from now on: the worker refreshes them as the space grows (refresh_due_graphs).
+        EmbeddingSpace.objects.filter(pk=space.pk).update(graphs_min_rows=min_rows, graphs_refreshed_rows=size)
     vector_search.forget_space(space.pk)
     return changes
+
+
+GRAPH_REFRESH_CHANGE = 0.10  # of the space's rows since the last refresh, and at least half of --min-rows
+
+
+def refresh_due_graphs(*, report=lambda space_name, change: None) -> dict[str, list[GraphChange]]:
+    """Refresh the value graphs of each space that has them (not retired) whose size changed by
+    GRAPH_REFRESH_CHANGE since their last refresh: queued by the worker when an import job finishes,
+    so that a city that grew past ``--min-rows`` gets its graph without anyone running ``manage.py
+    models graphs``. A space another process is refreshing is left to it. {space name: changes}."""
+    refreshed = {}
+    asked = EmbeddingSpace.objects.filter(graphs_refreshed_rows__isnull=False).exclude(state=EmbeddingSpace.State.RETIRED)
+    for space in asked.order_by("pk"):
+        size = Embedding.objects.filter(space=space).count()
+        change = abs(size - space.graphs_refreshed_rows)
+        if change < max(GRAPH_REFRESH_CHANGE * space.graphs_refreshed_rows, (space.graphs_min_rows or 1) / 2):
+            continue
+        try:
+            refreshed[space.name] = refresh_filter_graphs(
+                name=space.name, min_rows=space.graphs_min_rows, report=lambda change, name=space.name: report(name, change))
+        except SpaceError as error:  # being refreshed by another process, or dropped meanwhile
+            logger.info("value graphs of %s not refreshed: %s", space.name, error)
+    return refreshed
 
 
 def _filter_value_counts(space: EmbeddingSpace) -> dict[tuple[str, str], int]:

@@ -488,3 +488,27 @@ def test_a_filter_on_several_columns_past_the_exact_limit_is_counted_once(loaded
     for case in walked:
         vector_search.forget_counts()
         assert _counts_sent(loaded, case, 0)[0] == 1, case.label
+
+
+def test_value_graphs_are_refreshed_once_their_space_changed_by_a_tenth(loaded, value_graphs):
+    space = EmbeddingSpace.objects.get(pk=loaded.space.pk)
+    assert (space.graphs_min_rows, space.graphs_refreshed_rows) == (SCALED_GRAPH_MIN_ROWS, ROWS)  # recorded
+    asked = EmbeddingSpace.objects.filter(pk=space.pk)
+    largest = max(c.rows for c in value_graphs)
+    with transaction.atomic():  # rolled back: the other tests keep the graphs
+        assert space.state == EmbeddingSpace.State.RETIRED  # as loaded: searched by nobody, so never refreshed
+        asked.update(graphs_refreshed_rows=round(ROWS / 1.12))
+        assert spaces.refresh_due_graphs() == {}
+        asked.update(state=EmbeddingSpace.State.BUILDING, graphs_refreshed_rows=round(ROWS / 1.05))
+        assert spaces.refresh_due_graphs() == {}  # 5% more rows since: not yet
+        asked.update(graphs_refreshed_rows=round(ROWS / 1.12))  # 12% more: refreshed
+        refreshed = spaces.refresh_due_graphs()
+        assert list(refreshed) == [space.name] and {c.action for c in refreshed[space.name]} == {"kept"}
+        assert asked.get().graphs_refreshed_rows == ROWS
+        assert spaces.refresh_due_graphs() == {}  # current again
+        # Asked for on an empty space, at a --min-rows no value reaches: refreshed with it, all go.
+        asked.update(graphs_refreshed_rows=0, graphs_min_rows=4 * largest)
+        assert {c.action for c in spaces.refresh_due_graphs()[space.name]} == {"dropped"}
+        assert not FilterGraph.objects.filter(space=space).exists()
+        transaction.set_rollback(True)
+    vector_search.forget_space(space.pk)

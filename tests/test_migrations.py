@@ -84,3 +84,26 @@ def test_going_back_before_year_blocks_drops_the_blocks_graphs_and_keeps_the_yea
         _migrate(None)
         with connection.cursor() as cursor:
             cursor.execute(f'DROP INDEX IF EXISTS "{names[0]}"')
+
+
+def test_spaces_that_have_value_graphs_are_refreshed_from_the_migration_on():
+    from catalog.models import EmbeddingSpace
+
+    _migrate(("catalog", "0019_year_block_graphs"))
+    try:
+        with connection.cursor() as cursor:  # the schema of 0019: no refresh columns yet
+            ids = []
+            for name in ("test/with-graphs", "test/without"):
+                cursor.execute("INSERT INTO catalog_embeddingspace (name, dimensions, created_at, state, architecture, "
+                               "pretrained, weights_file, random_init, error) "
+                               "VALUES (%s, 8, now(), 'retired', '', '', '', false, '') RETURNING id", [name])
+                ids.append(cursor.fetchone()[0])
+            cursor.execute("INSERT INTO catalog_filtergraph (space_id, \"column\", value, rows, created_at) "
+                           "VALUES (%s, 'city', 'Lima', 1, now())", [ids[0]])
+        _migrate(None)
+        spaces = {space.name: (space.graphs_min_rows, space.graphs_refreshed_rows)
+                  for space in EmbeddingSpace.objects.filter(pk__in=ids)}
+        assert spaces == {"test/with-graphs": (15_000, 0), "test/without": (None, None)}
+    finally:
+        _migrate(None)
+        EmbeddingSpace.objects.filter(name__in=["test/with-graphs", "test/without"]).delete()

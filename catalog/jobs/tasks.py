@@ -9,6 +9,7 @@ from datetime import datetime
 from django_tasks import task
 from django_tasks.backends.immediate import ImmediateBackend
 
+from catalog import spaces
 from catalog.jobs import builds, worker
 
 
@@ -54,7 +55,31 @@ def has_queued_import(job_id: uuid.UUID, *, due_now: bool = False) -> bool:
     return waiting.filter(task_path=run_import.module_path, args_kwargs__args__0=str(job_id)).exists()
 
 
-SCHEDULER = worker.Scheduler(enqueue=enqueue_import, has_waiting=has_queued_import, invite=invite_import)
+# --- value graphs as the collection changes (catalog.spaces.refresh_due_graphs) ---------------------
+
+
+@task()
+def run_graph_refresh() -> str:
+    """Refresh the value graphs of spaces whose size changed by a tenth since their last refresh;
+    safe to run any number of times (one refresh per space at a time, the others skip it)."""
+    refreshed = spaces.refresh_due_graphs()
+    return "; ".join(f"{name}: {len(changes)} graph(s) looked at" for name, changes in refreshed.items()) or "current"
+
+
+def enqueue_graph_refresh(job_id: uuid.UUID | None = None) -> None:
+    """Queue ``run_graph_refresh`` (after an import job finished) unless one waits already."""
+    from django_tasks_db.backend import DatabaseBackend
+
+    if isinstance(run_graph_refresh.get_backend(), DatabaseBackend):
+        from django_tasks_db.models import DBTaskResult
+
+        if DBTaskResult.objects.filter(status="READY", task_path=run_graph_refresh.module_path).exists():
+            return
+    run_graph_refresh.enqueue()
+
+
+SCHEDULER = worker.Scheduler(enqueue=enqueue_import, has_waiting=has_queued_import, invite=invite_import,
+                             finished=enqueue_graph_refresh)
 
 
 # --- building embedding spaces (catalog.jobs.builds) ----------------------------------------------

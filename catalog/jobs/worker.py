@@ -57,11 +57,13 @@ _SOURCE_FOR = {ImportItem.Kind.UPLOAD: Image.Source.UPLOAD, ImportItem.Kind.URL:
 class Scheduler:
     """How the worker queues the job's next runs: ``enqueue(job_id, run_after=None)``;
     ``has_waiting(job_id, due_now=False)`` (a task for the job is queued; ``due_now``: runnable now);
-    ``invite(job_id)``: queue a task for another worker to join in (a no-op where tasks run inline)."""
+    ``invite(job_id)``: queue a task for another worker to join in (a no-op where tasks run inline);
+    ``finished(job_id)``: the job is done (called once, by the worker that finished it)."""
 
     enqueue: Callable[..., None]
     has_waiting: Callable[..., bool]
     invite: Callable[[uuid.UUID], None]
+    finished: Callable[[uuid.UUID], None] = lambda job_id: None
 
 
 def run_job(job_id: uuid.UUID, *, scheduler: Scheduler) -> str:
@@ -76,7 +78,7 @@ def run_job(job_id: uuid.UUID, *, scheduler: Scheduler) -> str:
         if claimed.outcome is claims.Claim.FINISHED:
             return "done" if worked else "finished"
         if claimed.outcome is claims.Claim.EMPTY:
-            claims.finish(job_id)
+            _finish(scheduler, job_id)
             return "done"
         if claimed.outcome is claims.Claim.BUSY:
             # Look again when their claims run out: if a worker died, this is how its items resume.
@@ -108,11 +110,16 @@ def run_job(job_id: uuid.UUID, *, scheduler: Scheduler) -> str:
         worked = True
         if time.monotonic() >= deadline:
             if not ImportItem.objects.filter(job_id=job_id, state=ImportItem.State.PENDING).exists():
-                claims.finish(job_id)
+                _finish(scheduler, job_id)
                 return "done"
             if not scheduler.has_waiting(job_id, due_now=True):
                 scheduler.enqueue(job_id)
             return "continued"
+
+
+def _finish(scheduler: Scheduler, job_id: uuid.UUID) -> None:
+    if claims.finish(job_id):
+        scheduler.finished(job_id)
 
 
 def _watch(scheduler: Scheduler, job_id: uuid.UUID, at: datetime) -> None:

@@ -7,7 +7,7 @@ from catalog.spaces import active_space_and_model
 from catalog.ingest import manifests
 from catalog.ingest.pipeline import IngestOptions, ItemOutcome, ItemRejected, ingest_items
 from catalog.ingest.remote import FetchRejected, fetch_url
-from catalog.jobs import worker
+from catalog.jobs import tasks, worker
 from catalog.ingest.names import safe_text
 from catalog.ingest.sources import folder_listing, looks_like_image, path_items
 from catalog.management.progress import progress_bar
@@ -123,6 +123,8 @@ def import_items(command: BaseCommand, items, *, total, source, city="", group_k
                               on_outcome=on_outcome, embedder=embedder)
     if report.added >= BULK_LOAD_ROWS:
         refresh_planner_statistics()
+    if report.added:  # a worker refreshes the value graphs if the space changed enough (run_graph_refresh)
+        tasks.enqueue_graph_refresh()
     rows = bad_rows()
     if videos := [outcome for outcome in report.outcomes if outcome.frames]:
         command.stdout.write(f"Videos added: {len(videos)}, as {sum(o.frames for o in videos)} key frame(s).")
