@@ -126,6 +126,19 @@ def test_bad_import_requests_are_400_with_a_message_and_create_nothing(client, s
     assert not ImportJob.objects.exists() and not media_files(media_root)
 
 
+def test_a_form_giving_a_single_value_twice_is_refused_and_creates_nothing(client, media_root):
+    # Found by schemathesis: two "city" fields were taken as the last one.
+    response = client.post("/api/imports/", {"file": [SimpleUploadedFile("a.jpg", picture(1))],
+                                             "city": ["Lima", "Paris"]})
+    assert response.status_code == 400
+    assert error_of(response)["fields"]["city"] == ['Give "city" once.']
+    assert not ImportJob.objects.exists() and not media_files(media_root)
+    # Several files are a list: accepted.
+    response = client.post("/api/imports/", {"file": [SimpleUploadedFile(f"{n}.jpg", picture(n)) for n in (1, 2)],
+                                             "city": "Lima"})
+    assert response.status_code == 202
+
+
 def test_too_large_upload_is_refused_and_nothing_is_written(client, settings, media_root):
     settings.IMPORT_MAX_UPLOAD_BYTES = 100
     response = client.post("/api/imports/", {"file": [SimpleUploadedFile("big.jpg", picture(1))]})

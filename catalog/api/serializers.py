@@ -33,6 +33,12 @@ class StrictSerializer(serializers.Serializer):
         if hasattr(data, "keys"):
             writable = [name for name, field in self.fields.items() if not field.read_only]
             check_known(data.keys(), [*writable, *self.context.get("extra_fields", ())])
+        if isinstance(data, MultiValueDict):  # a form or query string: a single value given twice is refused
+            twice = {name: [_("Give \"%(name)s\" once.") % {"name": name}] for name in data
+                     if name in self.fields and not isinstance(self.fields[name], serializers.ListField)
+                     and len(data.getlist(name)) > 1}
+            if twice:
+                raise serializers.ValidationError(twice)
         # JSON only: forms (QueryDicts) and query strings carry text.
         if isinstance(data, dict) and not isinstance(data, MultiValueDict) and not self.context.get("text_input"):
             wrong = {name: [message] for name, value in data.items()
