@@ -505,15 +505,11 @@ def main() -> None:
                         help="walk unfiltered (and at least this wide filtered) at this ef_search instead of "
                              "vector_search.unfiltered_ef_search(space)")
     parser.add_argument("--without", default="", help="compare without 'year-blocks' (the graphs of blocks of "
-                        "years), 'kept-counts' (vector_search.KNOWN_TTL), 'plain-walks' (every walk an "
-                        "iterative scan, vector_search.PLAIN_WALKS), comma separated")
+                        "years), 'kept-counts' (vector_search.KNOWN_TTL), or both, comma separated")
     args = parser.parse_args()
     without = set(filter(None, args.without.split(",")))
-    known = {"year-blocks", "kept-counts", "plain-walks"}
-    if without - known:
-        parser.error(f"--without: unknown {', '.join(sorted(without - known))}")
-    if "plain-walks" in without:
-        vector_search.PLAIN_WALKS = False
+    if without - {"year-blocks", "kept-counts"}:
+        parser.error(f"--without: unknown {', '.join(sorted(without - {'year-blocks', 'kept-counts'}))}")
     if "kept-counts" in without:
         vector_search.KNOWN_TTL = -1.0  # every search counts and estimates again
     if "year-blocks" in without:

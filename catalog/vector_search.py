@@ -109,7 +109,6 @@ EF_SEARCH_YEARS = EF_SEARCH_MAX
 # 800: about 0.99). Blocks of 2 years cost as much recall (2008-2009: recall@1 0.95, 20 queries) for a
 # walk that two connections already run side by side, so there are none (bench/README.md).
 YEAR_BLOCKS = (4,)
-PLAIN_WALKS = True  # a walk that filters nothing skips the iterative scan where the page fits (_hnsw)
 HELPER_CONNECTION_MAX_AGE = 60.0  # seconds a helper keeps its connection at least
 HELPER_LOCK_TIMEOUT = "100ms"  # a helper that cannot lock the table hands its part back (see _rank_alone)
 LOCK_NOT_AVAILABLE = "55P03"  # SQLSTATE of lock_timeout
@@ -152,9 +151,6 @@ class Part:
     # Not counted yet: walked if at least this many rows match, else ranked exactly; ``nearest`` counts
     # them while the walk runs (plan_for(count_later=True)).
     walk_from: int | None = None
-    # Every row of its graph matches (a whole value graph, or the space's graph unfiltered): the walk
-    # filters nothing, so a page within ef_search needs no iterative scan (see _hnsw).
-    whole: bool = False
 
     def __str__(self) -> str:
         if self.exact:
@@ -206,7 +202,7 @@ def plan_for(*, space: EmbeddingSpace, image_filter: Q, using: str = "default", 
     if size <= limit:  # a small collection is ranked exactly, filter or not: nothing to count
         return Plan((Part(image_filter, exact=True),))
     if not image_filter:
-        return Plan((Part(image_filter, exact=False, ef_search=unfiltered_ef_search(space, using), whole=True),))
+        return Plan((Part(image_filter, exact=False, ef_search=unfiltered_ef_search(space, using)),))
     estimate = _single_column_estimate(space, image_filter, using)
     split = _split(image_filter, _graphs_of(space, using))
     if split is None or (estimate is not None and estimate > limit and len(split.graph_parts) > 1):
@@ -215,7 +211,7 @@ def plan_for(*, space: EmbeddingSpace, image_filter: Q, using: str = "default", 
     parts = []
     for label, rows, part_filter, whole in split.graph_parts:
         if whole:  # the value's rows and no others: its graph alone, walked as an unfiltered space's
-            parts.append(Part(part_filter, exact=False, graph=label, whole=True,
+            parts.append(Part(part_filter, exact=False, graph=label,
                               ef_search=EF_SEARCH_YEARS if label.startswith("year=") else EF_SEARCH_GRAPH))
             continue
         share_limit = max(1, round(GRAPH_SHARE * rows))
@@ -665,11 +661,7 @@ def _exact(matched: QuerySet, query, page: _Page, using: str, *, parallel: bool)
 
 
 def _hnsw(matched: QuerySet, query, space: EmbeddingSpace, part: Part, page: _Page, using: str):
-    # A walk that filters nothing yields its first ef_search rows in the same order either way, but
-    # an iterative scan keeps what it passes by for later and took ~15% longer: off where the page
-    # fits (bench/README.md). Otherwise it goes on past ef_search until the page is full, in order.
-    plain = PLAIN_WALKS and part.whole and not page.collapse_groups and page.wanted < part.ef_search
-    _set_local(using, **{"hnsw.iterative_scan": "off" if plain else "strict_order", "hnsw.ef_search": part.ef_search,
+    _set_local(using, **{"hnsw.iterative_scan": "strict_order", "hnsw.ef_search": part.ef_search,
                          "hnsw.max_scan_tuples": MAX_SCAN_TUPLES,
                          # The index order is the only sort-free plan; without this a large ef_search
                          # makes the planner prefer an exact sort of the whole space.

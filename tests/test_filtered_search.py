@@ -512,39 +512,3 @@ def test_value_graphs_are_refreshed_once_their_space_changed_by_a_tenth(loaded, 
         assert not FilterGraph.objects.filter(space=space).exists()
         transaction.set_rollback(True)
     vector_search.forget_space(space.pk)
-
-
-def _scan_modes(loaded, case, **kwargs) -> list[str]:
-    """hnsw.iterative_scan of each walk a search made."""
-    from django.db import connection
-
-    modes = []
-
-    def note(execute, sql, params, many, context):
-        if "set_config" in sql and "hnsw.iterative_scan" in params[0]:
-            modes.append(params[1][params[0].index("hnsw.iterative_scan")])
-        return execute(sql, params, many, context)
-
-    with connection.execute_wrapper(note):
-        loaded.search(case, 0, **kwargs)
-    return modes
-
-
-def test_a_walk_that_filters_nothing_skips_the_iterative_scan_where_the_page_fits(loaded, value_graphs, monkeypatch,
-                                                                                  settings):
-    settings.SEARCH_PARALLEL = 1  # every walk on this thread's connection, where _scan_modes sees it
-    for name, value in SCALED.items():
-        monkeypatch.setattr(vector_search, name, value)
-    vector_search.forget_space(loaded.space.pk)
-    whole = next(case for case in loaded.cases if case.label == "no filter")
-    plan = plan_for(space=loaded.space, image_filter=whole.filters.embedding_q())
-    assert plan.parts[0].whole
-    assert _scan_modes(loaded, whole, limit=10) == ["off"]
-    assert _scan_modes(loaded, whole, offset=plan.ef_search - 10, limit=10) == ["strict_order"]  # past ef_search
-    assert _scan_modes(loaded, whole, limit=10, collapse_groups=True) == ["strict_order"]  # reads on
-    # A walk that filters (a city within an orientation's graph) always iterates.
-    filtered = next(case for case in loaded.cases if any(
-        part.graph and not part.whole and not part.exact
-        for part in plan_for(space=loaded.space, image_filter=case.filters.embedding_q()).parts))
-    assert "strict_order" in _scan_modes(loaded, filtered, limit=10)
-    vector_search.forget_space(loaded.space.pk)
