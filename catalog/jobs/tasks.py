@@ -46,13 +46,20 @@ def invite_import(job_id: uuid.UUID) -> None:
 def has_queued_import(job_id: uuid.UUID, *, due_now: bool = False) -> bool:
     """Whether a ``run_import`` for the job waits in the database queue (DB backend only);
     ``due_now``: one that a worker may pick up right away (not a watch set for later)."""
+    return _waiting(run_import, str(job_id), due_now=due_now)
+
+
+def _waiting(queued_task, *args, due_now: bool = False) -> bool:
+    """Whether ``queued_task`` (with ``args[0]`` as its first argument, if given) waits in the
+    database queue; always False with another backend."""
     from django_tasks_db.backend import DatabaseBackend  # only with that backend configured
     from django_tasks_db.models import DBTaskResult
 
-    if not isinstance(run_import.get_backend(), DatabaseBackend):
+    if not isinstance(queued_task.get_backend(), DatabaseBackend):
         return False
     waiting = DBTaskResult.objects.ready() if due_now else DBTaskResult.objects.filter(status="READY")
-    return waiting.filter(task_path=run_import.module_path, args_kwargs__args__0=str(job_id)).exists()
+    waiting = waiting.filter(task_path=queued_task.module_path)
+    return waiting.filter(args_kwargs__args__0=args[0]).exists() if args else waiting.exists()
 
 
 # --- value graphs as the collection changes (catalog.spaces.refresh_due_graphs) ---------------------
@@ -68,14 +75,8 @@ def run_graph_refresh() -> str:
 
 def enqueue_graph_refresh(job_id: uuid.UUID | None = None) -> None:
     """Queue ``run_graph_refresh`` (after an import job finished) unless one waits already."""
-    from django_tasks_db.backend import DatabaseBackend
-
-    if isinstance(run_graph_refresh.get_backend(), DatabaseBackend):
-        from django_tasks_db.models import DBTaskResult
-
-        if DBTaskResult.objects.filter(status="READY", task_path=run_graph_refresh.module_path).exists():
-            return
-    run_graph_refresh.enqueue()
+    if not _waiting(run_graph_refresh):
+        run_graph_refresh.enqueue()
 
 
 SCHEDULER = worker.Scheduler(enqueue=enqueue_import, has_waiting=has_queued_import, invite=invite_import,
@@ -107,13 +108,7 @@ def invite_build(space_id: int) -> None:
 
 
 def has_queued_build(space_id: int, *, due_now: bool = False) -> bool:
-    from django_tasks_db.backend import DatabaseBackend
-    from django_tasks_db.models import DBTaskResult
-
-    if not isinstance(run_space_build.get_backend(), DatabaseBackend):
-        return False
-    waiting = DBTaskResult.objects.ready() if due_now else DBTaskResult.objects.filter(status="READY")
-    return waiting.filter(task_path=run_space_build.module_path, args_kwargs__args__0=space_id).exists()
+    return _waiting(run_space_build, space_id, due_now=due_now)
 
 
 BUILD_SCHEDULER = builds.BuildScheduler(enqueue=enqueue_build, has_waiting=has_queued_build, invite=invite_build)
