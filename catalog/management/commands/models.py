@@ -48,8 +48,9 @@ class Command(BaseCommand):
         reindex.add_argument("name")
         graphs = sub.add_parser("graphs", help="Give each city, orientation and year taken with enough images "
                                                "its own search graph (filtered searches walk it), and drop those "
-                                               "that no longer have enough; run it after large imports. Searches "
-                                               "and imports go on meanwhile.")
+                                               "that no longer have enough. Searches and imports go on "
+                                               "meanwhile; from then on the workers refresh them when the space "
+                                               "has changed by a tenth (run_graph_refresh).")
         graphs.add_argument("name")
         graphs.add_argument("--min-rows", type=int, default=None,
                             help=f"Images a value needs for a graph (default {vector_search.GRAPH_MIN_ROWS:,}).")
