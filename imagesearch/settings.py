@@ -107,6 +107,7 @@ if _database_url:
     DATABASES = {"default": parse_database_url(_database_url)}
 else:
     # Embedded PostgreSQL + pgvector, started on first connection.
+    _memory_mb = usable_memory() // 2**20
     DATABASES = {
         "default": {
             "ENGINE": "imagesearch.embedded_db",
@@ -118,10 +119,9 @@ else:
                 # interleaved: 1GB -> 6GB took unfiltered p95 33-36 -> 17-21 ms, filtered cases within
                 # 50 ms p95 27-29 -> 35-36 of 36).
                 "server_settings": {
-                    "shared_buffers": env.str("IMAGESEARCH_EMBEDDED_SHARED_BUFFERS",
-                                              f"{max(128, usable_memory() // 4 // 2**20)}MB"),
+                    "shared_buffers": env.str("IMAGESEARCH_EMBEDDED_SHARED_BUFFERS", f"{max(128, _memory_mb // 4)}MB"),
                     "maintenance_work_mem": "512MB",  # HNSW index builds
-                    "effective_cache_size": f"{max(512, usable_memory() // 2 // 2**20)}MB",
+                    "effective_cache_size": f"{max(512, _memory_mb // 2)}MB",
                     "random_page_cost": "1.1",
                     "jit": "off",
                     # Reads the buffers of before a restart back in (autoprewarm), so that the first

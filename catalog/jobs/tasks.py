@@ -49,9 +49,9 @@ def has_queued_import(job_id: uuid.UUID, *, due_now: bool = False) -> bool:
     return _waiting(run_import, str(job_id), due_now=due_now)
 
 
-def _waiting(queued_task, *args, due_now: bool = False) -> bool:
-    """Whether ``queued_task`` (with ``args[0]`` as its first argument, if given) waits in the
-    database queue; always False with another backend."""
+def _waiting(queued_task, first_argument=None, *, due_now: bool = False) -> bool:
+    """Whether ``queued_task`` (with this first argument, if given) waits in the database queue;
+    always False with another backend."""
     from django_tasks_db.backend import DatabaseBackend  # only with that backend configured
     from django_tasks_db.models import DBTaskResult
 
@@ -59,7 +59,9 @@ def _waiting(queued_task, *args, due_now: bool = False) -> bool:
         return False
     waiting = DBTaskResult.objects.ready() if due_now else DBTaskResult.objects.filter(status="READY")
     waiting = waiting.filter(task_path=queued_task.module_path)
-    return waiting.filter(args_kwargs__args__0=args[0]).exists() if args else waiting.exists()
+    if first_argument is not None:
+        waiting = waiting.filter(args_kwargs__args__0=first_argument)
+    return waiting.exists()
 
 
 # --- value graphs as the collection changes (catalog.spaces.refresh_due_graphs) ---------------------
